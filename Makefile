@@ -1,0 +1,38 @@
+# Two entry points for a new user: `make demo` and `make test`. Both set up .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Re-install only when a dependency file changed (the stamp is newer than all of them).
+STAMP := $(VENV)/.installed
+DEPS := pyproject.toml requirements.txt requirements-test.txt
+# 8 fake CPU devices, so that sharding tests see a real mesh on any machine.
+TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu
+DEMO_DIR ?= runs/demo
+DATA_DIR ?= data
+
+.PHONY: setup test demo lint format clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) $(DEPS)
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(TEST_ENV) $(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check grefel_jax tests benchmarks configs
+	$(VENV)/bin/ruff check grefel_jax tests benchmarks configs
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format grefel_jax tests benchmarks configs
+	$(VENV)/bin/ruff check --fix grefel_jax tests benchmarks configs
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
