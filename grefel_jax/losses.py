@@ -1,0 +1,218 @@
+"""Losses of GReFEL / ARBEx (reference.md §3) as pure functions of the head outputs.
+
+  L = λ_ce L_cls(q_final) + τ (λ_anchor L_a + λ_center L_c)      (GReFEL head)
+  L = L_cls(log_softmax(logits))                                  (POSTER++ head)
+
+with q_final = (1 - τ) p + τ q_corr and τ the trust ramp (reliability.trust_ramp). Every log
+and sqrt is guarded, so no NaN or inf reaches a gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from grefel_jax import reliability
+
+# Floor inside log(q) for distributions that may contain exact zeros (mixtures, one-hots).
+LOG_EPS = 1e-12
+
+
+def safe_log(probs: jax.Array, eps: float = LOG_EPS) -> jax.Array:
+    """log(max(q, eps)): exact for q >= eps, finite value and gradient at q = 0.
+
+    Args:
+      probs: (..., C) float probabilities.
+      eps: floor.
+
+    Returns:
+      (..., C) float log-probabilities.
+    """
+    return jnp.log(jnp.maximum(probs, eps))
+
+
+def weighted_cross_entropy(
+    log_probs: jax.Array,
+    labels: jax.Array,
+    *,
+    class_weights: jax.Array | None = None,
+    label_smoothing: float = 0.0,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """Class-weighted, optionally smoothed and masked cross-entropy (PyTorch NLL weighting).
+
+    L = -Σ_b w_{y_b} Σ_c t_{b,c} log q_b[c] / Σ_b w_{y_b}, with the target t_b = (1 - ε) onehot
+    (y_b) + ε / C. The weight is always that of the TRUE class y_b (PyTorch's
+    CrossEntropyLoss instead weights each smoothing term by its own class). With ε = 0 this is
+    exactly `nn.NLLLoss(weight=w)(log q, y)` (ARBEx `DistLoss`). Masked-out examples contribute
+    neither to the numerator nor to the normaliser; an all-masked batch gives 0.
+
+    Args:
+      log_probs: (B, C) float log-probabilities: `safe_log(q)` for a distribution q, or
+        `jax.nn.log_softmax(logits)`.
+      labels: (B,) int class indices in [0, C).
+      class_weights: (C,) float per-class weights w, or None for all ones.
+      label_smoothing: ε in [0, 1).
+      mask: (B,) bool, True = real example, False = padding; None = all real.
+
+    Returns:
+      () float32 loss.
+    """
+    num_classes = log_probs.shape[-1]
+    log_probs = jnp.asarray(log_probs, jnp.float32)
+    onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    target = (1.0 - label_smoothing) * onehot + label_smoothing / num_classes
+    per_example = -jnp.sum(target * log_probs, axis=-1)  # (B,)
+    if class_weights is None:
+        weight = jnp.ones_like(per_example)
+    else:
+        weight = jnp.asarray(class_weights, jnp.float32)[labels]
+    if mask is not None:
+        weight = weight * jnp.asarray(mask, jnp.float32)
+    total_weight = jnp.sum(weight)
+    return jnp.sum(weight * per_example) / jnp.where(total_weight > 0, total_weight, 1.0)
+
+
+def anchor_loss(
+    anchors: jax.Array,
+    form: Literal["official", "margin"] = "official",
+    margin: float = 1.0,
+) -> jax.Array:
+    """Anchor ("mu") loss that pushes the anchors of different classes apart.
+
+    official (ARBEx `AnchorLoss`): L_a = -(1 / (K^2 sqrt d)) Σ_i Σ_k Σ_j ||a_ij - a_kj||^2 over
+      ordered class pairs (i, k) and the SAME anchor index j. Unbounded below; value and
+      gradient are exactly 0 when all anchors are equal (e.g. zero init).
+    margin (bounded alternative, reference.md §8.3): mean over all ordered pairs of anchors of
+      different classes, (i, j) vs (k, l) with i != k and any j, l, of the hinge
+      max(0, margin - ||a_ij - a_kl|| / sqrt d). Lies in [0, margin]; 0 once every cross-class
+      pair is at least margin * sqrt(d) apart (margin is in RMS-per-dimension units, like the
+      center loss). Equal anchors get no gradient (a symmetric saddle), so use it with the
+      'normal' anchor init.
+
+    Args:
+      anchors: (C, K, d) float anchors.
+      form: 'official' or 'margin'.
+      margin: hinge margin of the 'margin' form.
+
+    Returns:
+      () float32 loss.
+    """
+    num_classes, num_anchors, dim = anchors.shape
+    anchors = jnp.asarray(anchors, jnp.float32)
+    if form == "official":
+        flat = anchors.reshape(num_classes, num_anchors * dim)
+        sq = jnp.sum(jnp.square(flat[None, :, :] - flat[:, None, :]))
+        return -sq / math.sqrt(dim) / (num_anchors * num_anchors)
+    if form == "margin":
+        flat = anchors.reshape(num_classes * num_anchors, dim)
+        # Pairwise distances between all C*K anchors, reusing the guarded distance.
+        dist = reliability.anchor_distances(flat, anchors).reshape(
+            num_classes, num_anchors, num_classes, num_anchors
+        )
+        hinge = jax.nn.relu(margin - dist / math.sqrt(dim))
+        cross = 1.0 - jnp.eye(num_classes, dtype=jnp.float32)[:, None, :, None]
+        num_pairs = num_classes * (num_classes - 1) * num_anchors * num_anchors
+        return jnp.sum(hinge * cross) / num_pairs
+    raise ValueError(f"anchor_loss: form={form!r}; expected 'official' or 'margin'.")
+
+
+def center_loss(
+    head_embedding: jax.Array,
+    anchors: jax.Array,
+    labels: jax.Array,
+    primary_confidence: jax.Array,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """Confidence-weighted distance to the nearest anchor of the true class (ARBEx `CenterLoss`).
+
+    L_c = (1/B) Σ_b c_p,b min_j ||e_b - a_{y_b, j}||_2 / sqrt(d). The confidence is NOT detached
+    (as in the official code), so the loss also pushes c_p down. With a mask the mean runs over
+    the real examples only.
+
+    Args:
+      head_embedding: (B, d) float embeddings e.
+      anchors: (C, K, d) float anchors.
+      labels: (B,) int true classes.
+      primary_confidence: (B,) float c_p.
+      mask: (B,) bool, True = real example; None = all real.
+
+    Returns:
+      () float32 loss.
+    """
+    dim = head_embedding.shape[-1]
+    distances = reliability.anchor_distances(
+        jnp.asarray(head_embedding, jnp.float32), jnp.asarray(anchors, jnp.float32)
+    )
+    true_class = jnp.take_along_axis(distances, labels[:, None, None], axis=1)[:, 0]  # (B, K)
+    per_example = jnp.min(true_class, axis=-1) * primary_confidence / math.sqrt(dim)
+    if mask is None:
+        return jnp.mean(per_example)
+    weight = jnp.asarray(mask, jnp.float32)
+    return jnp.sum(weight * per_example) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def total_loss(
+    outputs: dict[str, jax.Array],
+    labels: jax.Array,
+    *,
+    tau: float | jax.Array,
+    class_weights: jax.Array | None = None,
+    label_smoothing: float = 0.0,
+    lambda_ce: float = 1.0,
+    lambda_anchor: float = 1.0,
+    lambda_center: float = 1.0,
+    anchor_loss_form: Literal["official", "margin"] = "official",
+    anchor_margin: float = 1.0,
+    mask: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Training loss of either head from its output dict.
+
+    GReFEL head (outputs has 'anchors'): L = λ_ce L_cls(q_final) + τ (λ_anchor L_a + λ_center
+    L_c), q_final = apply_trust(probs, corrected_probs, τ), L_cls = weighted_cross_entropy of
+    safe_log(q_final). POSTER++ head: L = λ_ce L_cls(log_softmax(logits)) (the head temperature
+    is not applied, as in POSTER++'s nn.CrossEntropyLoss on logits).
+
+    Args:
+      outputs: a head's output dict (models/heads.py).
+      labels: (B,) int true classes.
+      tau: () trust τ in [0, 1] (reliability.trust_ramp(step, total_steps)).
+      class_weights: (C,) float or None.
+      label_smoothing: ε of the classification loss.
+      lambda_ce, lambda_anchor, lambda_center: loss weights (ARBEx λ_ce, λ_mu, λ_center).
+      anchor_loss_form, anchor_margin: see `anchor_loss`.
+      mask: (B,) bool, False = padding example (excluded from L_cls and L_c).
+
+    Returns:
+      (loss () float32, metrics) with metrics 'loss', 'loss_cls', 'loss_anchor', 'loss_center'
+      (each component unweighted; 0 for the POSTER++ head) and 'tau'.
+    """
+    tau = jnp.asarray(tau, jnp.float32)
+    ce_kwargs = dict(class_weights=class_weights, label_smoothing=label_smoothing, mask=mask)
+    if "anchors" not in outputs:
+        log_probs = jax.nn.log_softmax(jnp.asarray(outputs["logits"], jnp.float32), axis=-1)
+        loss_cls = weighted_cross_entropy(log_probs, labels, **ce_kwargs)
+        loss_anchor = jnp.zeros((), jnp.float32)
+        loss_center = jnp.zeros((), jnp.float32)
+        loss = lambda_ce * loss_cls
+    else:
+        q_final = reliability.apply_trust(outputs["probs"], outputs["corrected_probs"], tau)
+        loss_cls = weighted_cross_entropy(safe_log(q_final), labels, **ce_kwargs)
+        loss_anchor = anchor_loss(outputs["anchors"], anchor_loss_form, anchor_margin)
+        loss_center = center_loss(
+            outputs["head_embedding"], outputs["anchors"], labels, outputs["confidence"], mask
+        )
+        loss = lambda_ce * loss_cls + tau * (
+            lambda_anchor * loss_anchor + lambda_center * loss_center
+        )
+    metrics = {
+        "loss": loss,
+        "loss_cls": loss_cls,
+        "loss_anchor": loss_anchor,
+        "loss_center": loss_center,
+        "tau": tau,
+    }
+    return loss, metrics

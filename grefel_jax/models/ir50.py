@@ -1,0 +1,72 @@
+"""IR-50 image backbone, stages 1-3 (reference.md §1b; POSTER++ `models/ir50.py`).
+
+The face.evoLVe / InsightFace "improved residual" ResNet with its fourth stage removed.
+Submodule names follow the PyTorch state_dict with `.N.` written as `_N`, so that
+`ir_back.body2.0.res_layer.1.weight` is `ir_back/body2_0/res_layer_1/kernel` here.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from grefel_jax.models.layers import Dtype, PReLU, batch_norm, conv
+
+
+class BottleneckIR(nn.Module):
+    """`bottleneck_IR(in, depth, stride)`: `(B, H, W, in) -> (B, H/s, W/s, depth)`.
+
+    res = BN -> Conv3x3 -> PReLU -> Conv3x3(stride) -> BN; shortcut = sub-sampling (when the
+    width is unchanged: PyTorch's `MaxPool2d(1, s)`) or Conv1x1(stride) -> BN. The output is
+    res + shortcut with no activation after the add, as in the official unit.
+    """
+
+    depth: int
+    stride: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        s = self.stride
+        if x.shape[-1] == self.depth:
+            shortcut = x[:, ::s, ::s, :]
+        else:
+            shortcut = conv(self.depth, 1, s, 0, name="shortcut_layer_0", dtype=self.dtype)(x)
+            shortcut = batch_norm(train, "shortcut_layer_1", self.dtype)(shortcut)
+        r = batch_norm(train, "res_layer_0", self.dtype)(x)
+        r = conv(self.depth, 3, 1, 1, name="res_layer_1", dtype=self.dtype)(r)
+        r = PReLU(name="res_layer_2")(r)
+        r = conv(self.depth, 3, s, 1, name="res_layer_3", dtype=self.dtype)(r)
+        r = batch_norm(train, "res_layer_4", self.dtype)(r)
+        return r + shortcut
+
+
+class IR50(nn.Module):
+    """IR-50 stages 1-3 on the sub-sampled image.
+
+    Input `(B, S, S, 3)` (S = 112 in the paper), output the three stage features
+    `(B, S/2, S/2, dims[0])`, `(B, S/4, S/4, dims[1])`, `(B, S/8, S/8, dims[2])`
+    = (B,56,56,64), (B,28,28,128), (B,14,14,256) in the paper.
+
+    Attributes:
+      dims: stage widths (64, 128, 256).
+      units: bottleneck units per stage (3, 4, 14); each stage's first unit has stride 2.
+    """
+
+    dims: tuple[int, int, int] = (64, 128, 256)
+    units: tuple[int, int, int] = (3, 4, 14)
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+        x = conv(self.dims[0], 3, 1, 1, name="input_layer_0", dtype=self.dtype)(x)
+        x = batch_norm(train, "input_layer_1", self.dtype)(x)
+        x = PReLU(name="input_layer_2")(x)
+        stages = []
+        for stage, (depth, units) in enumerate(zip(self.dims, self.units), start=1):
+            for i in range(units):
+                stride = 2 if i == 0 else 1
+                x = BottleneckIR(depth, stride, self.dtype, name=f"body{stage}_{i}")(x, train)
+            stages.append(x)
+        return tuple(stages)

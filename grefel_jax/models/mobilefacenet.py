@@ -1,0 +1,122 @@
+"""MobileFaceNet landmark network (reference.md §1a; POSTER++ `models/mobilefacenet.py`).
+
+The 68-point landmark regressor of pytorch_face_landmark, used by POSTER++ as a frozen
+feature extractor: its three intermediate maps are the *queries* of the window
+cross-attention. The GDC landmark head (`output_layer`) is computed and thrown away by
+POSTER++, so it is not built here.
+
+It is always frozen and always runs on its stored BatchNorm statistics: the caller passes no
+`train` flag, and the parent stops gradients at its outputs.
+
+Submodule names follow the PyTorch state_dict with `.N.` written as `_N`
+(`conv_3.model.0.conv_dw.bn` -> `conv_3/model_0/conv_dw/bn`).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from grefel_jax.models.layers import Dtype, PReLU, batch_norm, conv
+
+
+class ConvBlock(nn.Module):
+    """`Conv_block`: Conv (no bias) -> BN -> per-channel PReLU. `(B,H,W,Cin) -> (B,H',W',out)`.
+
+    With `activation=False` it is `Linear_block` (Conv -> BN).
+    """
+
+    features: int
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    activation: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = conv(
+            self.features,
+            self.kernel,
+            self.stride,
+            self.padding,
+            self.groups,
+            name="conv",
+            dtype=self.dtype,
+        )(x)
+        x = batch_norm(False, "bn", self.dtype)(x)
+        if self.activation:
+            x = PReLU(name="prelu")(x)
+        return x
+
+
+class DepthWise(nn.Module):
+    """`Depth_Wise(in, out, groups=G, stride)`: 1x1 in->G, 3x3 depthwise(G) stride s, 1x1 G->out.
+
+    `(B, H, W, in) -> (B, H/s, W/s, out)`; with `residual=True` (stride 1, in == out) the input
+    is added back.
+    """
+
+    features: int
+    groups: int
+    stride: int = 1
+    residual: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        g = self.groups
+        y = ConvBlock(g, 1, dtype=self.dtype, name="conv")(x)
+        y = ConvBlock(g, 3, self.stride, 1, groups=g, dtype=self.dtype, name="conv_dw")(y)
+        y = ConvBlock(self.features, 1, activation=False, dtype=self.dtype, name="project")(y)
+        return x + y if self.residual else y
+
+
+class Residual(nn.Module):
+    """`Residual(c, num_block, groups)`: a stack of residual DepthWise units, `(B,H,W,c)` kept."""
+
+    features: int
+    groups: int
+    num_blocks: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(self.num_blocks):
+            x = DepthWise(
+                self.features, self.groups, 1, residual=True, dtype=self.dtype, name=f"model_{i}"
+            )(x)
+        return x
+
+
+class MobileFaceNet(nn.Module):
+    """The landmark trunk. Input `(B, S, S, 3)` (S = 112), outputs three maps.
+
+    Returns `(B, S/4, S/4, w)`, `(B, S/8, S/8, 2w)`, `(B, S/16, S/16, 8w)` with w = `width`:
+    (B,28,28,64), (B,14,14,128), (B,7,7,512) in the paper (conv_3, conv_4, conv_6_sep).
+
+    Attributes:
+      width: base width w (64). Expansion widths of the depthwise units are 2w/4w/8w as in
+        the official net (128/256/512).
+      units: residual units in conv_3, conv_4, conv_5 (4, 6, 2).
+    """
+
+    width: int = 64
+    units: tuple[int, int, int] = (4, 6, 2)
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        w, d = self.width, self.dtype
+        x = ConvBlock(w, 3, 2, 1, dtype=d, name="conv1")(x)
+        x = ConvBlock(w, 3, 1, 1, groups=w, dtype=d, name="conv2_dw")(x)
+        x = DepthWise(w, 2 * w, 2, dtype=d, name="conv_23")(x)
+        out1 = Residual(w, 2 * w, self.units[0], dtype=d, name="conv_3")(x)
+        x = DepthWise(2 * w, 4 * w, 2, dtype=d, name="conv_34")(out1)
+        out2 = Residual(2 * w, 4 * w, self.units[1], dtype=d, name="conv_4")(x)
+        x = DepthWise(2 * w, 8 * w, 2, dtype=d, name="conv_45")(out2)
+        x = Residual(2 * w, 4 * w, self.units[2], dtype=d, name="conv_5")(x)
+        out3 = ConvBlock(8 * w, 1, dtype=d, name="conv_6_sep")(x)
+        return out1, out2, out3
