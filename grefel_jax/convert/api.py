@@ -1,0 +1,252 @@
+"""`convert()`: one entry point for every source kind (the CLI is a thin wrapper)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from grefel_jax.convert import arbex as arbex_lib
+from grefel_jax.convert.common import (
+    ConversionError,
+    expected_shapes,
+    fill_variables,
+    read_state_dict,
+    wrong_kind,
+)
+from grefel_jax.convert.ir50 import ir50_sources
+from grefel_jax.convert.mobilefacenet import mobilefacenet_sources
+from grefel_jax.convert.poster_v2 import poster_v2_num_classes, poster_v2_sources
+
+KINDS = ("ir50", "mobilefacenet", "backbones", "poster_v2", "arbex")
+# Head preset used when --head is not given.
+DEFAULT_HEADS = {
+    "ir50": "grefel",
+    "mobilefacenet": "grefel",
+    "backbones": "grefel",
+    "poster_v2": "poster",
+    "arbex": "arbex_code",
+}
+# Number of --src files per kind: (min, max).
+_NUM_FILES = {
+    "ir50": (1, 1),
+    "mobilefacenet": (1, 1),
+    "backbones": (2, 2),
+    "poster_v2": (1, 1),
+    "arbex": (1, 4),
+}
+
+
+@dataclasses.dataclass
+class Converted:
+    """Result of a conversion: variables, their ModelConfig and the conversion record."""
+
+    variables: dict[str, dict]
+    model_config: Any
+    metadata: dict[str, Any]
+
+
+def build(
+    kind: str,
+    sources: Sequence[str | Path],
+    *,
+    variant: str = "paper",
+    head: str | None = None,
+    num_classes: int | None = None,
+) -> Converted:
+    """Reads the official file(s) of `kind` and returns our variables for them.
+
+    Args:
+      kind: 'ir50', 'mobilefacenet', 'backbones' (an IR-50 file and a MobileFaceNet file,
+        in either order, into one checkpoint for `init_from`), 'poster_v2' or 'arbex'.
+      sources: the file(s): one for ir50 / mobilefacenet / poster_v2; two for backbones;
+        for 'arbex' the vit file plus optionally the classifier, anchors and SelfAttn files
+        (any order).
+      variant: model size preset ('paper' for the released weights; 'tiny' for tests).
+      head: head preset ('poster', 'grefel', 'arbex_code'); default per kind (poster_v2:
+        'poster', arbex: 'arbex_code', backbones: 'grefel'). A head the file does not carry
+        gives a partial checkpoint without `head` (initialised at training time).
+      num_classes: C; read from the file when it has a classifier, else 7.
+
+    Returns:
+      Converted(variables, model_config, metadata). Partial conversions (backbones only)
+      hold only the filled top-level modules; `metadata['partial']` says so.
+    """
+    from grefel_jax.models.config import make_model_config
+
+    if kind not in KINDS:
+        raise ConversionError(f"--kind={kind!r}: expected one of {KINDS}.")
+    head = head or DEFAULT_HEADS[kind]
+    files = [str(s) for s in sources]
+    if not files:
+        raise ConversionError("--src: give at least one file.")
+    repeated = sorted({f for f in files if files.count(f) > 1})
+    if repeated:
+        raise ConversionError(f"--src: {repeated} given twice.")
+    low, high = _NUM_FILES[kind]
+    if not low <= len(files) <= high:
+        want = str(low) if low == high else f"{low} to {high}"
+        raise ConversionError(f"--kind={kind} takes {want} --src file(s), got {len(files)}.")
+    states = {f: read_state_dict(f) for f in files}
+
+    allow_missing: tuple[str, ...] = ()
+    explicit = None
+    extra_unused: dict[str, str] = {}
+    if kind in ("ir50", "mobilefacenet", "backbones"):
+        config = make_model_config(variant, head, num_classes or 7)
+        canonical, modules = {}, set()
+        for file in files:
+            module, sources = _backbone_sources(kind, states[file], file, config)
+            if module in modules:
+                raise ConversionError(f"--kind=backbones: two {module} files ({files}).")
+            canonical.update(sources)
+            modules.add(module)
+    elif kind == "poster_v2":
+        (file,) = files
+        canonical = poster_v2_sources(states[file], file)
+        file_classes = poster_v2_num_classes(states[file], file)
+        _check_classes(num_classes, file_classes, file)
+        config = make_model_config(variant, head, file_classes)
+        modules = _top_modules(config)
+        if config.head.kind != "poster":
+            modules.discard("head")
+            extra_unused[r"^VIT\.head\."] = f"POSTER++ classifier; the '{head}' head is new"
+    else:
+        config, canonical, modules, explicit, allow_missing, extra_unused = _arbex_plan(
+            states, variant, head, num_classes
+        )
+    result = fill_variables(
+        canonical,
+        config,
+        fill_modules=modules,
+        explicit=explicit,
+        allow_missing=allow_missing,
+        extra_unused=extra_unused,
+    )
+    all_modules = _top_modules(config)
+    metadata = {
+        "converter": "grefel_jax.convert",
+        "kind": kind,
+        "sources": files,
+        "converted_at": datetime.datetime.now(datetime.UTC).isoformat(),
+        "filled_modules": sorted(modules),
+        "partial": set(modules) != all_modules,
+        "num_loaded_tensors": len(result.used),
+        "unused_source_tensors": result.unused,
+        "not_loaded": result.not_loaded,
+    }
+    return Converted(result.variables, config, metadata)
+
+
+def convert(
+    kind: str,
+    sources: Sequence[str | Path],
+    out: str | Path,
+    *,
+    variant: str = "paper",
+    head: str | None = None,
+    num_classes: int | None = None,
+) -> Converted:
+    """`build` + `grefel_jax.checkpoint.save_inference_checkpoint(out, ...)`."""
+    from grefel_jax.checkpoint import save_inference_checkpoint
+
+    converted = build(kind, sources, variant=variant, head=head, num_classes=num_classes)
+    save_inference_checkpoint(
+        out, converted.variables, converted.model_config, extra_metadata=converted.metadata
+    )
+    return converted
+
+
+def _backbone_sources(kind: str, state, file: str, config) -> tuple[str, dict]:
+    """('ir_back' | 'face_landback', canonical sources) of one backbone file."""
+    if kind == "ir50":
+        return "ir_back", ir50_sources(state, file, config.backbone.ir_units)
+    if kind == "mobilefacenet":
+        return "face_landback", mobilefacenet_sources(state, file)
+    try:
+        return "ir_back", ir50_sources(state, file, config.backbone.ir_units)
+    except ConversionError:
+        pass
+    try:
+        return "face_landback", mobilefacenet_sources(state, file)
+    except ConversionError:
+        raise wrong_kind(file, state, "IR-50 or MobileFaceNet") from None
+
+
+def _top_modules(config) -> set[str]:
+    return {path[0] for _, path in expected_shapes(config)}
+
+
+def _check_classes(requested: int | None, found: int, file: str) -> None:
+    if requested is not None and requested != found:
+        raise ConversionError(f"--num_classes={requested}, but {file} has {found} classes.")
+
+
+def _arbex_plan(states, variant, head, num_classes):
+    from grefel_jax.models.config import make_model_config
+    from grefel_jax.models.heads import arbex_torch_key_map
+
+    parts: dict[str, str] = {}
+    for file, state in states.items():
+        part = arbex_lib.arbex_part(state, file)
+        if part in parts:
+            raise ConversionError(f"two ARBEx {part} files: {parts[part]} and {file}.")
+        parts[part] = file
+    if "vit" not in parts:
+        raise ConversionError(
+            f"--kind=arbex needs the vit.best.NNNN.pth file; got only {sorted(parts)} files."
+        )
+    overrides: dict[str, Any] = {}
+    classes = []
+    if "classifier" in parts:
+        hidden, c = arbex_lib.classifier_sizes(states[parts["classifier"]], parts["classifier"])
+        overrides["mlp_hidden"] = hidden
+        classes.append((c, parts["classifier"]))
+    if "anchors" in parts:
+        anchors = states[parts["anchors"]]["anchors"]
+        if anchors.ndim != 3:
+            raise ConversionError(
+                f"{parts['anchors']}: anchors of shape {anchors.shape}, not (C,K,d)."
+            )
+        overrides["num_anchors"] = int(anchors.shape[1])
+        classes.append((int(anchors.shape[0]), parts["anchors"]))
+    if len({c for c, _ in classes}) > 1:
+        raise ConversionError(f"the ARBEx files disagree on the class count: {classes}.")
+    c = classes[0][0] if classes else (num_classes or 8)
+    if classes:
+        _check_classes(num_classes, c, classes[0][1])
+    canonical = {}
+    for part, file in parts.items():
+        canonical.update(arbex_lib.arbex_sources(part, states[file], file))
+    base = make_model_config(variant, head, c)
+    head_is_arbex = (
+        base.head.kind == "grefel"
+        and not base.head.reduction_dim
+        and (base.head.attention == "batch")
+    )
+    extra_unused: dict[str, str] = {}
+    explicit = None
+    allow_missing: tuple[str, ...] = ()
+    has_head_files = "classifier" in parts and "anchors" in parts
+    if head_is_arbex and has_head_files:
+        config = make_model_config(variant, head, c, head_overrides=overrides)
+        modules = _top_modules(config)
+        explicit = {
+            key: (col, ("head", *path), transpose)
+            for key, (col, path, transpose) in arbex_torch_key_map(config.head).items()
+        }
+        if "selfattn" not in parts:
+            allow_missing = ("params/head/attention/",)
+    else:
+        config = base
+        modules = _top_modules(config) - {"head"}
+        why = (
+            f"the '{head}' head differs from ARBEx's"
+            if not head_is_arbex
+            else "classifier and anchors files are both needed to fill the head"
+        )
+        for part in ("classifier", "anchors", "selfattn"):
+            extra_unused[rf"^{part}\."] = f"ARBEx {part}: {why}"
+    return config, canonical, modules, explicit, allow_missing, extra_unused
