@@ -1,0 +1,19 @@
+"""Exceptions of the data package, each with a message that says what to do next."""
+
+from __future__ import annotations
+
+
+class DataError(Exception):
+    """Base class for data errors."""
+
+
+class DatasetNotPreparedError(DataError, FileNotFoundError):
+    """The dataset has not been built in `data_dir`; the message gives the command to run."""
+
+
+class ManualDataMissingError(DataError, FileNotFoundError):
+    """The manual directory lacks files of the official release; the message lists them."""
+
+
+class CorruptImageError(DataError, ValueError):
+    """An image file could not be decoded; the message names the file."""

@@ -1,0 +1,172 @@
+r"""Builds one dataset into ArrayRecord files and prints its split sizes and class counts.
+
+  python -m grefel_jax.data.prepare --dataset synthetic_faces --config demo_96 \
+      --data_dir ~/tensorflow_datasets
+  python -m grefel_jax.data.prepare --dataset affectnet --config 7 \
+      --manual_dir ~/downloads/AffectNet --data_dir ~/tensorflow_datasets
+
+The manual directory is checked before any work: every missing file of the official release is
+listed at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import ml_collections
+from absl import app, flags, logging
+
+from grefel_jax.data import builders, errors, source
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """Command-line flags, defined only when this module is the program (importing
+    `prepare()` from elsewhere must not clash with the importer's own flags)."""
+    flags.DEFINE_enum("dataset", None, list(builders.DATASETS), "Dataset to build.")
+    flags.DEFINE_string(
+        "config",
+        None,
+        "Builder config: image size for synthetic_faces ('96', 'demo_96', '64', '224', "
+        "'tiny_64'), '7' or '8' for affectnet, a name of your choice for image_folder.",
+    )
+    flags.DEFINE_string("manual_dir", None, "Folder with the official files (manual datasets).")
+    flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "Where prepared datasets go.")
+    flags.DEFINE_bool("skip_corrupt", False, "Skip undecodable images (counted), don't fail.")
+    flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset is already prepared.")
+
+
+def _make_builder(name, config, data_dir, skip_corrupt, manual_dir=None):
+    cls = builders.get_builder_class(name)
+    kwargs = {"data_dir": data_dir, "file_format": "array_record"}
+    if name == "image_folder":
+        kwargs["config"] = cls.make_config(config or "default")
+        kwargs["manual_dir"] = manual_dir
+    elif config is not None:
+        kwargs["config"] = config
+    if name not in builders.GENERATED:
+        kwargs["skip_corrupt"] = skip_corrupt
+    return cls(**kwargs)
+
+
+def prepare(
+    name: str,
+    *,
+    data_dir: str,
+    config: str | None = None,
+    manual_dir: str | None = None,
+    skip_corrupt: bool = False,
+    overwrite: bool = False,
+    verbose: bool = True,
+) -> dict:
+    """Builds `name` (/`config`) into `data_dir`; returns a summary.
+
+    Returns:
+      dict with `dir` (the prepared folder), `splits` {split: size}, `class_names`,
+      `class_counts` {split: (C,) int array}, `corrupt_skipped` (list of files).
+
+    Raises:
+      ManualDataMissingError: the manual dir lacks files of the official release (listed).
+      CorruptImageError: an image cannot be decoded (unless skip_corrupt).
+    """
+    import tensorflow_datasets as tfds  # heavy import kept out of module import time
+
+    data_dir = os.path.expanduser(data_dir)
+    cls = builders.get_builder_class(name)
+    if name == "image_folder" and config is None:
+        config = "default"
+    config = source.resolve_config_name(name, config) if name != "image_folder" else config
+    if name not in builders.GENERATED:
+        # Fail before any work, listing everything that is missing.
+        cls.check_manual_dir(manual_dir, config)
+    builder = _make_builder(name, config, data_dir, skip_corrupt, manual_dir)
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=os.path.expanduser(manual_dir) if manual_dir else None,
+        download_mode=(
+            tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+            if overwrite
+            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+        ),
+    )
+    start = time.time()
+    builder.download_and_prepare(download_config=download_config)
+    seconds = time.time() - start
+
+    data_config = ml_collections.ConfigDict(
+        {"name": name, "builder_config": config, "data_dir": data_dir}
+    )
+    directory = source.dataset_dir(data_config)
+    for stale in Path(directory).glob("grefel_labels-*.npy"):
+        stale.unlink()  # label caches of an earlier build
+    info = source.dataset_info(data_config)
+    counts = {split: source.class_counts(data_config, split) for split in info.split_sizes}
+    corrupt = list(builder.corrupt.files) if hasattr(builder, "corrupt") else []
+    summary = {
+        "dir": str(directory),
+        "splits": info.split_sizes,
+        "class_names": info.class_names,
+        "class_counts": counts,
+        "corrupt_skipped": corrupt,
+        # Aff-Wild2 frames that have a label but no image in cropped_aligned (no face found).
+        "missing_frames": int(getattr(builder, "missing_frames", 0)),
+        "seconds": seconds,
+        "official_sizes": (cls.official_sizes(config) if hasattr(cls, "official_sizes") else None),
+    }
+    if verbose:
+        print(format_summary(info, summary))
+    return summary
+
+
+def format_summary(info, summary: dict) -> str:
+    """Human-readable table of split sizes and per-class counts."""
+    width = max(len(n) for n in info.class_names)
+    lines = [f"Prepared {info.full_name} in {summary['dir']} ({summary['seconds']:.1f} s)"]
+    splits = list(summary["splits"])
+    lines.append(" " * (width + 2) + "".join(f"{s:>12}" for s in splits))
+    for c, class_name in enumerate(info.class_names):
+        row = "".join(f"{int(summary['class_counts'][s][c]):>12}" for s in splits)
+        lines.append(f"  {class_name:<{width}}{row}")
+    total = "".join(f"{summary['splits'][s]:>12}" for s in splits)
+    lines.append(f"  {'total':<{width}}{total}")
+    official = summary.get("official_sizes")
+    if official:
+        expected = ", ".join(f"{k} {v:,}" for k, v in official.items())
+        match = all(summary["splits"].get(k) == v for k, v in official.items())
+        lines.append(
+            f"Official release sizes: {expected}"
+            + (" (match)." if match else " -- these differ: is the release complete?")
+        )
+    if summary.get("missing_frames"):
+        lines.append(f"Skipped {summary['missing_frames']} labelled frame(s) without an image.")
+    if summary["corrupt_skipped"]:
+        lines.append(f"Skipped {len(summary['corrupt_skipped'])} corrupt image(s):")
+        lines.extend(f"  {f}" for f in summary["corrupt_skipped"][:20])
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    if not FLAGS.dataset:
+        raise app.UsageError(f"--dataset is required: one of {', '.join(builders.DATASETS)}")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        prepare(
+            FLAGS.dataset,
+            data_dir=FLAGS.data_dir,
+            config=FLAGS.config,
+            manual_dir=FLAGS.manual_dir,
+            skip_corrupt=FLAGS.skip_corrupt,
+            overwrite=FLAGS.overwrite,
+        )
+    except errors.DataError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,169 @@
+"""Opening a prepared dataset: where it lives, its metadata, random-access sources, labels.
+
+Reading needs only the prepared files (`tfds.builder_from_directory`), never the builder
+code or the manual files, so a dataset prepared on one machine can be read on any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from grefel_jax.data import builders, errors
+from grefel_jax.data.builders import base
+
+MANUAL_DATASETS_HINT = "the files named in the builder's MANUAL_DOWNLOAD_INSTRUCTIONS"
+
+
+def _field(data_config, name, default=None):
+    return data_config.get(name, default) if hasattr(data_config, "get") else default
+
+
+def resolve_config_name(name: str, builder_config: str | None) -> str | None:
+    """The builder config to use: the given one, or the builder's default (first) config."""
+    if builder_config not in (None, ""):
+        return str(builder_config)
+    cls = builders.get_builder_class(name)
+    configs = getattr(cls, "BUILDER_CONFIGS", None) or []
+    return configs[0].name if configs else None
+
+
+def prepare_command(name: str, config: str | None, data_dir: str, manual_dir=None) -> str:
+    """The shell command that builds this dataset."""
+    cmd = f"python -m grefel_jax.data.prepare --dataset {name}"
+    if config:
+        cmd += f" --config {config}"
+    if name not in builders.GENERATED:
+        cmd += f" --manual_dir {manual_dir or 'DIR'}"
+    return cmd + f" --data_dir {data_dir}"
+
+
+def dataset_dir(data_config) -> Path:
+    """data_dir/name/[config/]version of a prepared dataset; raises if not prepared.
+
+    Raises:
+      DatasetNotPreparedError: with the exact command to run (and, for manual datasets, where
+        the official files go).
+    """
+    name = data_config.name
+    config = resolve_config_name(name, _field(data_config, "builder_config"))
+    data_dir = os.path.expanduser(str(data_config.data_dir))
+    root = Path(data_dir) / name
+    if config:
+        root = root / config
+    version_dir = root / str(base.VERSION)
+    if (version_dir / "dataset_info.json").exists():
+        return version_dir
+    full = f"{name}/{config}" if config else name
+    command = prepare_command(name, config, data_dir, _field(data_config, "manual_dir"))
+    msg = (
+        f"Dataset {full!r} is not prepared in data_dir={data_dir} (no {version_dir}).\n"
+        f"Build it with:\n  {command}"
+    )
+    if name not in builders.GENERATED:
+        instructions = builders.get_builder_class(name).MANUAL_DOWNLOAD_INSTRUCTIONS
+        msg += f"\nPut the official files in the manual directory first:\n{instructions}"
+    raise errors.DatasetNotPreparedError(msg)
+
+
+@functools.lru_cache(maxsize=16)
+def _builder_at(path: str):
+    return tfds.builder_from_directory(path)
+
+
+def load_builder(data_config):
+    """Read-only TFDS builder of the prepared dataset (metadata and data sources)."""
+    return _builder_at(str(dataset_dir(data_config)))
+
+
+def data_source(data_config, split: str, *, decode_image: bool = True):
+    """Random-access source of `split`: `len()` and `[i]` -> dict of numpy features.
+
+    With `decode_image=False` the `image` feature is left as encoded bytes (for label scans
+    and for decoding inside pipeline workers).
+    """
+    builder = load_builder(data_config)
+    plain = not any(ch in split for ch in "+[%:")  # TFDS split expressions are allowed
+    if plain and split not in builder.info.splits:
+        raise KeyError(
+            f"Split {split!r} not in {data_config.name}; available: {list(builder.info.splits)}."
+        )
+    decoders = None if decode_image else {"image": tfds.decode.SkipDecoding()}
+    return builder.as_data_source(split, decoders=decoders)
+
+
+def split_labels(data_config, split: str) -> np.ndarray:
+    """(N,) int32 labels of `split` in record order, cached next to the prepared files."""
+    directory = dataset_dir(data_config)
+    cache = directory / f"grefel_labels-{split}.npy"
+    if cache.exists():
+        return np.load(cache)
+    source = data_source(data_config, split, decode_image=False)
+    labels = np.fromiter(
+        (source[i]["label"] for i in range(len(source))), dtype=np.int32, count=len(source)
+    )
+    try:
+        np.save(cache, labels)
+    except OSError:  # a read-only data_dir is fine: the scan is just repeated next time
+        pass
+    return labels
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the model and the metrics need to know about a prepared dataset.
+
+    Attributes:
+      name: dataset name; config: builder config (or None).
+      num_classes: C. class_names: C names in label order.
+      split_sizes: examples per split.
+      has_landmarks: whether examples carry a `landmarks` feature.
+    """
+
+    name: str
+    config: str | None
+    num_classes: int
+    class_names: tuple[str, ...]
+    split_sizes: dict[str, int]
+    has_landmarks: bool
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.name}/{self.config}" if self.config else self.name
+
+
+def dataset_info(data_config) -> DatasetInfo:
+    """Metadata of the prepared dataset named by `data_config` (raises if not prepared)."""
+    builder = load_builder(data_config)
+    label = builder.info.features["label"]
+    return DatasetInfo(
+        name=data_config.name,
+        config=resolve_config_name(data_config.name, _field(data_config, "builder_config")),
+        num_classes=label.num_classes,
+        class_names=tuple(label.names),
+        split_sizes={k: int(v.num_examples) for k, v in builder.info.splits.items()},
+        has_landmarks="landmarks" in builder.info.features,
+    )
+
+
+def class_counts(data_config, split: str) -> np.ndarray:
+    """(C,) int64 examples per class in `split`."""
+    num_classes = dataset_info(data_config).num_classes
+    return np.bincount(split_labels(data_config, split), minlength=num_classes)
+
+
+def class_weights(data_config, split: str | None = None) -> np.ndarray:
+    """(C,) float32 inverse-frequency loss weights w_c = (N / C) / N_c of the training split.
+
+    A class absent from the split gets weight 0 (it cannot appear as a target).
+    """
+    split = split or _field(data_config, "train_split", "train")
+    counts = class_counts(data_config, split).astype(np.float64)
+    total, num_classes = counts.sum(), len(counts)
+    weights = np.where(counts > 0, (total / num_classes) / np.maximum(counts, 1), 0.0)
+    return weights.astype(np.float32)
