@@ -1,0 +1,111 @@
+"""The common base of every training config (POSTER++ recipe, GReFEL head and losses).
+
+Defaults follow reference.md §4b (POSTER++): SAM (rho 0.05) over Adam, exponential decay 0.98
+per epoch, batch 144, 200 epochs, no weight decay; the head and losses follow §2-§3 with the
+GReFEL defaults of DECISIONS.md §2. Dataset configs override the data section and the
+learning rates.
+
+Every field is overridable from the command line, e.g.
+`--config.optim.lr_backbone=1e-5 --config.model.head.num_anchors=8`. A misspelt key, at any
+depth, stops with an error that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from grefel_jax.data.config import get_data_config
+from grefel_jax.models.config import BackboneConfig, HeadConfig
+
+placeholder = ml_collections.config_dict.placeholder
+
+
+def _override_section(dataclass_type) -> ml_collections.ConfigDict:
+    """One typed, unset (None) field per dataclass field: set = override the preset."""
+    section = ml_collections.ConfigDict()
+    for field in dataclasses.fields(dataclass_type):
+        default = field.default
+        kind = type(default) if default is not None else int
+        if isinstance(default, tuple):
+            kind = tuple
+        section[field.name] = placeholder(kind)
+    return section
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    """All fields with their POSTER++/GReFEL defaults (RAF-DB learning rate)."""
+    config = ml_collections.ConfigDict()
+    config.mode = "train_and_eval"  # 'train' | 'eval' | 'train_and_eval'
+    config.seed = 0
+
+    # Model: a variant, a head preset, and per-field overrides (None = preset value).
+    config.model = ml_collections.ConfigDict()
+    config.model.variant = "paper"  # 'paper' | 'tiny'
+    config.model.head_preset = "grefel"  # 'grefel' | 'arbex_code' | 'poster'
+    config.model.backbone = _override_section(BackboneConfig)
+    config.model.head = _override_section(HeadConfig)
+
+    config.data = get_data_config()
+    config.final_eval_splits = ()  # extra splits reported with the best checkpoint at the end
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = "adam"  # 'adam' | 'adamw' | 'sgd'
+    config.optim.lr_backbone = 3.5e-5
+    config.optim.lr_head = 3.5e-5
+    config.optim.lr_anchors = 3.5e-5
+    config.optim.schedule = "exponential"  # 'constant' | 'exponential' | 'cosine'
+    config.optim.decay_rate = 0.98  # per epoch (torch ExponentialLR(gamma=0.98))
+    config.optim.warmup_steps = 0
+    config.optim.min_lr_ratio = 0.0  # cosine floor
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.999
+    config.optim.eps = 1e-8
+    config.optim.weight_decay = 0.0  # POSTER++ parses 1e-4 but never passes it
+    config.optim.momentum = 0.9  # sgd
+    config.optim.sam = True
+    config.optim.sam_rho = 0.05
+    config.optim.sam_adaptive = False
+    config.optim.grad_clip_norm = 0.0  # 0 = off
+    config.optim.ema_decay = 0.0  # 0 = off
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.lambda_ce = 1.0
+    config.loss.lambda_anchor = 1.0
+    config.loss.lambda_center = 1.0
+    config.loss.label_smoothing = 0.0
+    config.loss.anchor_loss_form = "official"  # 'official' | 'margin'
+    config.loss.anchor_margin = 1.0
+    config.loss.class_weighting = True  # inverse-frequency weights in L_cls (ARBEx)
+
+    # Devices: batch over data x fsdp; params >= fsdp_min_size elements sharded over fsdp.
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1
+    config.mesh.fsdp = 1
+    config.mesh.fsdp_min_size = 2**14
+    config.compute_dtype = "float32"  # or 'bfloat16' (params and losses stay float32)
+
+    config.batch_size = 144  # global
+    config.eval_batch_size = 256  # global
+    config.num_epochs = 200.0
+    config.num_train_steps = -1  # > 0 overrides num_epochs
+
+    config.log_every_steps = 50
+    config.eval_every_steps = -1  # -1 = once per epoch
+    config.checkpoint_every_steps = -1  # -1 = once per epoch
+    config.keep_checkpoints = 3  # the last N, plus the best by `best_metric`
+    config.best_metric = "primary/accuracy"
+    config.async_checkpoints = True
+    config.init_from = ""  # converted pretrained weights (checkpoint.merge_pretrained)
+    return config
+
+
+def prepare_hint(name: str, builder_config: str | None, manual: bool) -> str:
+    """The prepare command for a config docstring."""
+    cmd = f"python -m grefel_jax.data.prepare --dataset {name}"
+    if builder_config:
+        cmd += f" --config {builder_config}"
+    if manual:
+        cmd += " --manual_dir DIR"
+    return cmd + " --data_dir ~/tensorflow_datasets"

@@ -1,0 +1,42 @@
+r"""JAFFE (7 classes, 213 images), RAF-DB learning rate.
+
+JAFFE has no official split: the builder's seeded split is used. With 213 images,
+batch 32 and 100 epochs keep the number of updates reasonable.
+
+Prepare the data once (the builder lists the official files it needs if any is missing):
+
+  python -m grefel_jax.data.prepare --dataset jaffe \
+      --manual_dir /path/to/official/files --data_dir ~/tensorflow_datasets
+
+Train and evaluate (single host; see launch/ for TPU pods and Slurm):
+
+  python -m grefel_jax.main --config configs/jaffe.py --workdir runs/jaffe \
+      --config.data.data_dir=~/tensorflow_datasets [--config.init_from=converted/poster_ir50]
+
+Evaluate the best checkpoint of a run again, on any split:
+
+  python -m grefel_jax.evaluate --checkpoint runs/jaffe --split test
+"""
+
+import pathlib
+import sys
+
+# Config files are loaded by path; make `configs.base` importable from any working directory.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from configs import base  # noqa: E402
+
+
+def get_config():
+    """The jaffe config (see the module docstring for commands)."""
+    config = base.get_base_config()
+    config.data.name = "jaffe"
+    config.data.builder_config = None
+    config.data.eval_split = "test"
+    config.data.sampler = "none"
+    config.optim.lr_backbone = 3.5e-5
+    config.optim.lr_head = 3.5e-5
+    config.optim.lr_anchors = 3.5e-5
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    config.num_epochs = 100.0
+    return config

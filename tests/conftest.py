@@ -1,0 +1,33 @@
+"""Shared pytest fixtures: a tiny generated dataset, built once per session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Training/evaluation tests rebuild the same jitted steps in several runs (resume, SIGTERM);
+# a persistent compilation cache turns the repeats into cache hits. Set before jax is used.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "grefel_jax_test_jit_cache")
+)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_faces_config(tmp_path_factory):
+    """`config.data` of synthetic_faces/tiny_64 (140 train / 35 validation / 70 test, 64x64),
+    prepared once into a session temporary folder."""
+    from grefel_jax.data.config import get_data_config
+    from grefel_jax.data.prepare import prepare
+
+    data_dir = str(tmp_path_factory.mktemp("tiny_faces"))
+    prepare("synthetic_faces", data_dir=data_dir, config="tiny_64", verbose=False)
+    config = get_data_config()
+    config.name = "synthetic_faces"
+    config.builder_config = "tiny_64"
+    config.data_dir = data_dir
+    config.eval_split = "test"
+    config.augment.resize_crop = False
+    config.augment.random_erasing_p = 0.0
+    return config
