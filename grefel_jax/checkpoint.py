@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -58,6 +59,15 @@ class CheckpointError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
+def absolute_path(path) -> epath.Path:
+    """`path` as an absolute `epath.Path`: orbax refuses relative local paths.
+
+    Paths with a scheme (`gs://...`) are already absolute and are kept as they are.
+    """
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.abspath(os.path.expanduser(text)))
+
+
 def save_inference_checkpoint(
     directory: str | epath.PathLike,
     variables: Mapping[str, PyTree],
@@ -78,7 +88,7 @@ def save_inference_checkpoint(
     Returns:
       The directory path.
     """
-    directory = epath.Path(directory)
+    directory = absolute_path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise CheckpointError(f"{directory}: exists and is not empty; refusing to overwrite.")
     missing = {"params", "batch_stats"} - set(variables)
@@ -122,7 +132,7 @@ def load_inference_checkpoint(
       numpy arrays; metadata holds at least `source` (the path read) and, for workdirs,
       `step` and `used_ema`.
     """
-    path = epath.Path(path)
+    path = absolute_path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory.")
     if (path / INFERENCE_MARKER).exists():
@@ -382,7 +392,7 @@ class TrainCheckpointer:
         best_mode: str = "max",
         async_save: bool = True,
     ):
-        self.directory = epath.Path(workdir) / CHECKPOINTS_DIR
+        self.directory = absolute_path(workdir) / CHECKPOINTS_DIR
         self.directory.mkdir(parents=True, exist_ok=True)
         self.best_metric = best_metric
         best_fn = None
@@ -515,6 +525,6 @@ class TrainCheckpointer:
 def write_model_config(workdir: str | epath.PathLike, model_config: ModelConfig) -> None:
     """Writes WORKDIR/model_config.json (process 0 only)."""
     if jax.process_index() == 0:
-        path = epath.Path(workdir) / MODEL_CONFIG_FILE
+        path = absolute_path(workdir) / MODEL_CONFIG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(model_config_to_dict(model_config), indent=2))

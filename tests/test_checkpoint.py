@@ -46,6 +46,15 @@ def test_inference_round_trip(tiny, tmp_path):
         ckpt_lib.save_inference_checkpoint(tmp_path / "ckpt", variables, config)
 
 
+def test_relative_paths_work(tiny, tmp_path, monkeypatch):
+    """Orbax refuses relative paths; users type them (`--workdir runs/demo`)."""
+    config, variables = tiny
+    monkeypatch.chdir(tmp_path)
+    ckpt_lib.save_inference_checkpoint("relative/ckpt", variables, config)
+    loaded, _, _ = ckpt_lib.load_inference_checkpoint("relative/ckpt")
+    assert_trees_equal(loaded, variables)
+
+
 def test_clear_errors(tiny, tmp_path):
     config, variables = tiny
     with pytest.raises(ckpt_lib.CheckpointError, match="no such file"):
