@@ -26,12 +26,15 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q tests
 
-# The embedded default: generate the synthetic faces (skipped when already built), then train
-# and evaluate the tiny model into $(DEMO_DIR). Re-running resumes from the last checkpoint.
+# The embedded default: generate the synthetic faces (skipped when already built), train and
+# evaluate the tiny model into $(DEMO_DIR), then predict on faces from no split. Re-running
+# resumes from the last checkpoint.
 demo: $(STAMP)
 	$(PY) -m grefel_jax.data.prepare --dataset synthetic_faces --config demo_96 --data_dir $(DATA_DIR)
 	$(PY) -m grefel_jax.main --config configs/demo.py --workdir $(DEMO_DIR) \
 		--config.data.data_dir=$(DATA_DIR)
+	$(PY) -m grefel_jax.data.samples --out $(DEMO_DIR)/samples/faces
+	$(PY) -m grefel_jax.predict --checkpoint $(DEMO_DIR) --no-detect $(DEMO_DIR)/samples/faces
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check grefel_jax tests benchmarks configs

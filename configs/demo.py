@@ -56,9 +56,9 @@ def get_config():
 
     config.batch_size = 64
     config.eval_batch_size = 128
-    config.num_train_steps = 1100
+    config.num_train_steps = 1000
     config.log_every_steps = 50
-    config.eval_every_steps = 550
-    config.checkpoint_every_steps = 550
+    config.eval_every_steps = 500
+    config.checkpoint_every_steps = 500
     config.keep_checkpoints = 1
     return config

@@ -10,7 +10,10 @@ Prepare the data once (the builder lists the official files it needs if any is m
 Train and evaluate (single host; see launch/ for TPU pods and Slurm):
 
   python -m grefel_jax.main --config configs/rafdb.py --workdir runs/rafdb \
-      --config.data.data_dir=~/tensorflow_datasets [--config.init_from=converted/poster_ir50]
+      --config.data.data_dir=~/tensorflow_datasets [--config.init_from=weights/backbones]
+
+(`weights/backbones` comes from `python -m grefel_jax.convert --kind backbones`, see the
+README "Pretrained weights".)
 
 Evaluate the best checkpoint of a run again, on any split:
 
