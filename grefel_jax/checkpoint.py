@@ -38,6 +38,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from grefel_jax.models.config import ModelConfig, model_config_from_dict, model_config_to_dict
 
@@ -260,8 +261,8 @@ def check_variable_shapes(
     expected = expected_variable_shapes(model_config)
     problems = []
     for collection in ("params", "batch_stats"):
-        got = _flatten(variables.get(collection, {}))
-        want = _flatten(expected.get(collection, {}))
+        got = flatten_dict(variables.get(collection, {}))
+        want = flatten_dict(expected.get(collection, {}))
         present_modules = {k[0] for k in got}
         for key, arr in got.items():
             if key not in want:
@@ -278,26 +279,6 @@ def check_variable_shapes(
         shown = "\n  ".join(problems[:10])
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise CheckpointError(f"{where}: variables do not match the model config:\n  {shown}{more}")
-
-
-def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple, Any]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, prefix + (str(k),)))
-        else:
-            out[prefix + (str(k),)] = v
-    return out
-
-
-def _unflatten(flat: Mapping[tuple, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        for k in key[:-1]:
-            node = node.setdefault(k, {})
-        node[key[-1]] = value
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,8 +306,8 @@ def merge_pretrained(
     modules: set[str] = set()
     problems = []
     for collection in ("params", "batch_stats"):
-        base = _flatten(init_variables.get(collection, {}))
-        new = _flatten(loaded.get(collection, {}))
+        base = flatten_dict(init_variables.get(collection, {}))
+        new = flatten_dict(loaded.get(collection, {}))
         for key, arr in new.items():
             if key not in base:
                 problems.append(f"{collection}/{'/'.join(key)}: not in the model")
@@ -338,7 +319,7 @@ def merge_pretrained(
             else:
                 base[key] = np.asarray(arr, dtype=base[key].dtype)
                 modules.add(key[0])
-        merged[collection] = _unflatten(base)
+        merged[collection] = unflatten_dict(base)
     if problems:
         raise CheckpointError(f"init_from={path}: " + "; ".join(problems[:10]))
     for collection in init_variables:

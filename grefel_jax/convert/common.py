@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flax import traverse_util
 
 from grefel_jax.convert.safe_load import load_torch_checkpoint
 
@@ -164,24 +165,9 @@ def unused_reason(canonical: str) -> str | None:
     return None
 
 
-def flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(flatten(v, prefix + (str(k),)))
-        else:
-            out[prefix + (str(k),)] = v
-    return out
-
-
-def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        for k in key[:-1]:
-            node = node.setdefault(k, {})
-        node[key[-1]] = value
-    return out
+# Nested dict <-> {path tuple: leaf}; flax's helpers, re-exported under the names used here.
+flatten = traverse_util.flatten_dict
+unflatten = traverse_util.unflatten_dict
 
 
 def expected_shapes(model_config) -> dict[FlatKey, tuple[int, ...]]:
