@@ -114,7 +114,7 @@ def prepare(
         # Aff-Wild2 frames that have a label but no image in cropped_aligned (no face found).
         "missing_frames": int(getattr(builder, "missing_frames", 0)),
         "seconds": seconds,
-        "official_sizes": (cls.official_sizes(config) if hasattr(cls, "official_sizes") else None),
+        "official_sizes": cls.official_sizes(config),
     }
     if verbose:
         print(format_summary(info, summary))

@@ -156,6 +156,16 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     Python >= 3.9) for packages imported from a source tree; `inspect.getfile` is enough here.
     """
 
+    # Split sizes of the complete official release, printed by `prepare` beside the built
+    # ones (None: unknown). Builders whose sizes depend on the config override the method.
+    OFFICIAL_SIZES: dict[str, int] | None = None
+
+    @classmethod
+    def official_sizes(cls, config: str | None = None) -> dict[str, int] | None:
+        """`{split: num_examples}` of the official release for `config`, or None if unknown."""
+        del config
+        return dict(cls.OFFICIAL_SIZES) if cls.OFFICIAL_SIZES is not None else None
+
     @tfds.core.utils.classproperty
     @classmethod
     def code_path(cls) -> epath.Path | None:

@@ -63,10 +63,7 @@ class RafDb(base.ManualBuilder):
     name = "raf_db"
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-    @staticmethod
-    def official_sizes(config=None) -> dict[str, int]:
-        """Split sizes on the complete official release (reference.md §7)."""
-        return dict(EXPECTED_SIZES)
+    OFFICIAL_SIZES = EXPECTED_SIZES  # reference.md §7
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
