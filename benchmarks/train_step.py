@@ -3,28 +3,26 @@ r"""Images per second of one training step (forward + backward + optimizer), per
   python benchmarks/train_step.py --variants paper,tiny --batch_size 32 --steps 10 \
       --output benchmarks/results/train_step.json [--sam] [--compute_dtype bfloat16]
 
-Random inputs; the step is the real `train.train_step` (GReFEL head and losses, Adam, SAM if
-asked) jitted with the same shardings as training over all local devices. Compilation and
+Random inputs; the step is the one training runs (`trainer.build_trainer`: GReFEL head and
+losses, Adam, SAM if asked, jitted with the same shardings over all local devices). Compilation and
 two warm-up steps are excluded from the timing.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import pathlib
 import platform
-import sys
 import time
 
 import jax
 import numpy as np
-import optax
 from absl import app, flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import base  # noqa: E402
-from grefel_jax import optim, sharding, train  # noqa: E402
+from grefel_jax import sharding
+from grefel_jax.configs import base
+from grefel_jax.data.source import DatasetInfo
+from grefel_jax.trainer import build_trainer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("variants", ["paper", "tiny"], "Model variants to time.")
@@ -37,6 +35,12 @@ flags.DEFINE_integer("fsdp", 1, "FSDP axis size of the mesh (the rest is data pa
 flags.DEFINE_string("output", "benchmarks/results/train_step.json", "JSON output path.")
 
 
+def random_dataset(num_classes: int, batch_size: int) -> DatasetInfo:
+    """A stand-in DatasetInfo for random inputs: many steps per epoch, no label scan."""
+    names = tuple(f"class_{i}" for i in range(num_classes))
+    return DatasetInfo("random", None, num_classes, names, {"train": 1000 * batch_size}, False)
+
+
 def time_variant(variant: str) -> dict:
     """Compiles and times the train step of one variant; returns a result record."""
     config = base.get_base_config()
@@ -44,40 +48,15 @@ def time_variant(variant: str) -> dict:
     config.compute_dtype = FLAGS.compute_dtype
     config.optim.sam = FLAGS.sam
     config.mesh.data, config.mesh.fsdp = -1, FLAGS.fsdp
-    model_config = train.model_config_from(config, FLAGS.num_classes)
-    model = train.make_model(config, model_config)
+    config.batch_size = FLAGS.batch_size
+    config.num_train_steps = 1000
+    config.loss.class_weighting = False  # random labels: no split to count
     mesh = sharding.make_mesh(config.mesh)
-    sharding.check_batch_size(FLAGS.batch_size, mesh)
-
-    abstract = jax.eval_shape(
-        lambda: train.init_state(jax.random.key(0), model=model, tx=optax.identity(), use_ema=False)
-    )
-    labels = optim.param_labels(abstract.params, freeze_image_backbone=False)
-    tx, _ = optim.make_optimizer(config.optim, labels, steps_per_epoch=100, total_steps=1000)
-    init_fn = functools.partial(train.init_state, model=model, tx=tx, use_ema=False)
-    state_shardings = sharding.param_shardings(
-        jax.eval_shape(init_fn, jax.random.key(0)), mesh, fsdp_min_size=config.mesh.fsdp_min_size
-    )
-    state = jax.jit(init_fn, out_shardings=state_shardings)(jax.random.key(0))
-    step_fn = functools.partial(
-        train.train_step,
-        model=model,
-        tx=tx,
-        trainable=optim.trainable_mask(labels),
-        total_steps=1000,
-        class_weights=None,
-        loss_config=train.loss_kwargs(config),
-        sam_rho=0.05 if FLAGS.sam else 0.0,
-        sam_adaptive=False,
-        ema_decay=0.0,
-    )
-    batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("image", "label")}
-    step = jax.jit(
-        step_fn,
-        in_shardings=(state_shardings, batch_shardings),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    trainer = build_trainer(config, random_dataset(FLAGS.num_classes, FLAGS.batch_size), mesh)
+    state = trainer.init_state(jax.random.key(0))
+    step = trainer.step
+    model_config = trainer.model_config
+    abstract = trainer.abstract_state
     size = model_config.backbone.image_size
     rng = np.random.default_rng(0)
     local = FLAGS.batch_size // jax.process_count()

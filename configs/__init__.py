@@ -1,1 +1,1 @@
-"""Training configs: one `get_config()` per dataset, sharing `configs/base.py`."""
+"""Thin copies of grefel_jax/configs/ so that `--config configs/<name>.py` works from a clone."""

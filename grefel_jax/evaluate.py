@@ -24,9 +24,8 @@ import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
-from grefel_jax import checkpoint as ckpt_lib
+from grefel_jax import checkpoints, settings, sharding
 from grefel_jax import metrics as metrics_lib
-from grefel_jax import sharding
 from grefel_jax.models import GReFEL
 
 PyTree = Any
@@ -178,14 +177,14 @@ def evaluate_checkpoint(
     """
     from grefel_jax.data import pipeline
 
-    variables, model_config, metadata = ckpt_lib.load_inference_checkpoint(checkpoint)
+    variables, model_config, metadata = checkpoints.load_inference_checkpoint(checkpoint)
     info = pipeline.dataset_info(data_config)
     if info.num_classes != model_config.head.num_classes:
         raise ValueError(
             f"{checkpoint}: the model has {model_config.head.num_classes} classes but "
             f"{info.full_name} has {info.num_classes}."
         )
-    model = GReFEL(config=model_config, dtype=compute_dtype)
+    model = settings.make_model(model_config, compute_dtype)
     replicated = sharding.replicated(mesh)
     variables = jax.device_put(variables, replicated)
     evaluator = Evaluator(
@@ -223,8 +222,6 @@ def evaluate_workdir(
     step: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The final report of a training run (best checkpoint) on one split."""
-    from grefel_jax import train
-
     return evaluate_checkpoint(
         workdir,
         config.data,
@@ -232,7 +229,7 @@ def evaluate_workdir(
         mesh=mesh,
         global_batch_size=config.eval_batch_size,
         output_dir=workdir,
-        compute_dtype=train.compute_dtype(config),
+        compute_dtype=settings.compute_dtype(config),
         writer=writer,
         step=step,
     )
@@ -247,7 +244,7 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config a training run wrote into its workdir."""
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
-        raise FileNotFoundError(
+        raise checkpoints.CheckpointError(
             f"{path}: missing; pass --config configs/<dataset>.py to say which data to use."
         )
     return ml_collections.ConfigDict(json.loads(path.read_text()))
@@ -260,24 +257,32 @@ def main(argv: Sequence[str]) -> None:
 
     from grefel_jax import logging_utils
 
+    from grefel_jax import cli
+    from grefel_jax.data import errors as data_errors
+
     FLAGS = flags.FLAGS
     sharding.maybe_initialize_distributed()
     logging_utils.quiet_library_logs()
-    config = FLAGS.config if FLAGS.config is not None else load_workdir_config(FLAGS.checkpoint)
-    split = FLAGS.split or config.data.eval_split
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1})
-    batch_size = FLAGS.batch_size or config.eval_batch_size
-    from grefel_jax import train
-
-    summary, paths = evaluate_checkpoint(
-        FLAGS.checkpoint,
-        config.data,
-        split=split,
-        mesh=mesh,
-        global_batch_size=batch_size,
-        output_dir=FLAGS.output_dir,
-        compute_dtype=train.compute_dtype(config),
-    )
+    try:
+        config = FLAGS.config
+        if config is None:
+            config = load_workdir_config(FLAGS.checkpoint)
+        split = FLAGS.split or config.data.eval_split
+        mesh = sharding.make_mesh({"data": -1, "fsdp": 1})
+        batch_size = FLAGS.batch_size or config.eval_batch_size
+        summary, paths = evaluate_checkpoint(
+            FLAGS.checkpoint,
+            config.data,
+            split=split,
+            mesh=mesh,
+            global_batch_size=batch_size,
+            output_dir=FLAGS.output_dir,
+            compute_dtype=settings.compute_dtype(config),
+        )
+    except (checkpoints.CheckpointError, data_errors.DataError, ValueError) as e:
+        if FLAGS.verbosity >= 1:
+            raise
+        cli.fail(str(e))
     if jax.process_index() == 0:
         print(
             f"{split}: accuracy {summary['primary/accuracy']:.4f} (corrected "
@@ -307,5 +312,7 @@ def _define_flags():
 if __name__ == "__main__":
     from absl import app
 
+    from grefel_jax import cli
+
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,16 +1,19 @@
-"""Losses of GReFEL / ARBEx (reference.md §3) as pure functions of the head outputs.
+"""Losses of GReFEL / ARBEx (docs/losses.md) as pure functions of the head outputs.
 
   L = λ_ce L_cls(q_final) + τ (λ_anchor L_a + λ_center L_c)      (GReFEL head)
   L = L_cls(log_softmax(logits))                                  (POSTER++ head)
 
 with q_final = (1 - τ) p + τ q_corr and τ the trust ramp (reliability.trust_ramp). Every log
-and sqrt is guarded, so no NaN or inf reaches a gradient.
+and sqrt is guarded, so no NaN or inf reaches a gradient. `LossConfig` holds the settings;
+`LOSS_PRESETS` the ones that go with each head preset.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +22,62 @@ from grefel_jax import reliability
 
 # Floor inside log(q) for distributions that may contain exact zeros (mixtures, one-hots).
 LOG_EPS = 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Settings of `total_loss` (the `config.loss` section).
+
+    Attributes:
+      lambda_ce, lambda_anchor, lambda_center: loss weights (ARBEx λ_ce, λ_mu, λ_center).
+      label_smoothing: ε of the classification loss, in [0, 1).
+      anchor_loss_form: 'official' (ARBEx, unbounded below) or 'margin' (bounded hinge).
+      anchor_margin: hinge margin of the 'margin' form (RMS-per-dimension units).
+      detach_center_confidence: stop the gradient through c_p in the center loss (the
+        official code does not; docs/numerics.md measures why GReFEL's default does).
+      class_weighting: inverse-frequency class weights in L_cls (ARBEx).
+    """
+
+    lambda_ce: float = 1.0
+    lambda_anchor: float = 1.0
+    lambda_center: float = 1.0
+    label_smoothing: float = 0.0
+    anchor_loss_form: Literal["official", "margin"] = "margin"
+    anchor_margin: float = 1.0
+    detach_center_confidence: bool = True
+    class_weighting: bool = True
+
+    def __post_init__(self):
+        if self.anchor_loss_form not in ("official", "margin"):
+            raise ValueError(
+                f"loss.anchor_loss_form={self.anchor_loss_form!r}: 'official' or 'margin'."
+            )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"loss.label_smoothing={self.label_smoothing} must be in [0, 1).")
+        for name in ("lambda_ce", "lambda_anchor", "lambda_center", "anchor_margin"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss.{name}={getattr(self, name)} must be >= 0.")
+
+
+# The loss settings of each head preset (models.config.HEAD_PRESETS); `arbex_code` is the
+# official ARBEx code: unbounded anchor loss, gradient through the center-loss confidence.
+LOSS_PRESETS: dict[str, dict[str, Any]] = {
+    "grefel": {},
+    "arbex_code": dict(anchor_loss_form="official", detach_center_confidence=False),
+    "poster": {},
+}
+
+
+def make_loss_config(preset: str, overrides: Mapping[str, Any] | None = None) -> LossConfig:
+    """LossConfig of a head preset, with `overrides` (unset = None values are skipped)."""
+    if preset not in LOSS_PRESETS:
+        raise ValueError(f"model.head_preset={preset!r}: expected one of {sorted(LOSS_PRESETS)}.")
+    fields = {f.name for f in dataclasses.fields(LossConfig)}
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise ValueError(f"loss: unknown field(s) {unknown}; valid fields are {sorted(fields)}.")
+    return LossConfig(**{**LOSS_PRESETS[preset], **given})
 
 
 def safe_log(probs: jax.Array, eps: float = LOG_EPS) -> jax.Array:
@@ -86,8 +145,8 @@ def anchor_loss(
     official (ARBEx `AnchorLoss`): L_a = -(1 / (K^2 sqrt d)) Σ_i Σ_k Σ_j ||a_ij - a_kj||^2 over
       ordered class pairs (i, k) and the SAME anchor index j. Unbounded below; value and
       gradient are exactly 0 when all anchors are equal (e.g. zero init).
-    margin (bounded alternative, reference.md §8.3): mean over all ordered pairs of anchors of
-      different classes, (i, j) vs (k, l) with i != k and any j, l, of the hinge
+    margin (bounded alternative, docs/ambiguities.md §8.3): mean over all ordered pairs of
+      anchors of different classes, (i, j) vs (k, l) with i != k and any j, l, of the hinge
       max(0, margin - ||a_ij - a_kl|| / sqrt d). Lies in [0, margin]; 0 once every cross-class
       pair is at least margin * sqrt(d) apart (margin is in RMS-per-dimension units, like the
       center loss). Equal anchors get no gradient (a symmetric saddle), so use it with the
@@ -126,12 +185,14 @@ def center_loss(
     labels: jax.Array,
     primary_confidence: jax.Array,
     mask: jax.Array | None = None,
+    detach_confidence: bool = False,
 ) -> jax.Array:
     """Confidence-weighted distance to the nearest anchor of the true class (ARBEx `CenterLoss`).
 
-    L_c = (1/B) Σ_b c_p,b min_j ||e_b - a_{y_b, j}||_2 / sqrt(d). The confidence is NOT detached
-    (as in the official code), so the loss also pushes c_p down. With a mask the mean runs over
-    the real examples only.
+    L_c = (1/B) Σ_b c_p,b min_j ||e_b - a_{y_b, j}||_2 / sqrt(d). In the official code the
+    confidence is not detached, so the loss also lowers c_p, towards a uniform prediction,
+    in proportion to the distance; `detach_confidence=True` makes c_p a weight only
+    (docs/numerics.md). With a mask the mean runs over the real examples only.
 
     Args:
       head_embedding: (B, d) float embeddings e.
@@ -139,10 +200,13 @@ def center_loss(
       labels: (B,) int true classes.
       primary_confidence: (B,) float c_p.
       mask: (B,) bool, True = real example; None = all real.
+      detach_confidence: stop the gradient through c_p.
 
     Returns:
       () float32 loss.
     """
+    if detach_confidence:
+        primary_confidence = jax.lax.stop_gradient(primary_confidence)
     dim = head_embedding.shape[-1]
     distances = reliability.anchor_distances(
         jnp.asarray(head_embedding, jnp.float32), jnp.asarray(anchors, jnp.float32)
@@ -160,53 +224,55 @@ def total_loss(
     labels: jax.Array,
     *,
     tau: float | jax.Array,
+    config: LossConfig = LossConfig(),
+    head_kind: Literal["grefel", "poster"] = "grefel",
     class_weights: jax.Array | None = None,
-    label_smoothing: float = 0.0,
-    lambda_ce: float = 1.0,
-    lambda_anchor: float = 1.0,
-    lambda_center: float = 1.0,
-    anchor_loss_form: Literal["official", "margin"] = "official",
-    anchor_margin: float = 1.0,
     mask: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Training loss of either head from its output dict.
 
-    GReFEL head (outputs has 'anchors'): L = λ_ce L_cls(q_final) + τ (λ_anchor L_a + λ_center
-    L_c), q_final = apply_trust(probs, corrected_probs, τ), L_cls = weighted_cross_entropy of
-    safe_log(q_final). POSTER++ head: L = λ_ce L_cls(log_softmax(logits)) (the head temperature
-    is not applied, as in POSTER++'s nn.CrossEntropyLoss on logits).
+    GReFEL head: L = λ_ce L_cls(q_final) + τ (λ_anchor L_a + λ_center L_c), q_final =
+    apply_trust(probs, corrected_probs, τ), L_cls = weighted_cross_entropy of safe_log(q_final).
+    POSTER++ head: L = λ_ce L_cls(log_softmax(logits)) (the head temperature is not applied,
+    as in POSTER++'s nn.CrossEntropyLoss on logits).
 
     Args:
       outputs: a head's output dict (models/heads.py).
       labels: (B,) int true classes.
       tau: () trust τ in [0, 1] (reliability.trust_ramp(step, total_steps)).
+      config: the LossConfig (weights, smoothing, anchor-loss form, detach).
+      head_kind: `HeadConfig.kind` of the head that produced `outputs`.
       class_weights: (C,) float or None.
-      label_smoothing: ε of the classification loss.
-      lambda_ce, lambda_anchor, lambda_center: loss weights (ARBEx λ_ce, λ_mu, λ_center).
-      anchor_loss_form, anchor_margin: see `anchor_loss`.
       mask: (B,) bool, False = padding example (excluded from L_cls and L_c).
 
     Returns:
       (loss () float32, metrics) with metrics 'loss', 'loss_cls', 'loss_anchor', 'loss_center'
       (each component unweighted; 0 for the POSTER++ head) and 'tau'.
     """
+    if head_kind not in ("grefel", "poster"):
+        raise ValueError(f"total_loss: head_kind={head_kind!r}; expected 'grefel' or 'poster'.")
     tau = jnp.asarray(tau, jnp.float32)
-    ce_kwargs = dict(class_weights=class_weights, label_smoothing=label_smoothing, mask=mask)
-    if "anchors" not in outputs:
+    ce_kwargs = dict(class_weights=class_weights, label_smoothing=config.label_smoothing, mask=mask)
+    if head_kind == "poster":
         log_probs = jax.nn.log_softmax(jnp.asarray(outputs["logits"], jnp.float32), axis=-1)
         loss_cls = weighted_cross_entropy(log_probs, labels, **ce_kwargs)
         loss_anchor = jnp.zeros((), jnp.float32)
         loss_center = jnp.zeros((), jnp.float32)
-        loss = lambda_ce * loss_cls
+        loss = config.lambda_ce * loss_cls
     else:
         q_final = reliability.apply_trust(outputs["probs"], outputs["corrected_probs"], tau)
         loss_cls = weighted_cross_entropy(safe_log(q_final), labels, **ce_kwargs)
-        loss_anchor = anchor_loss(outputs["anchors"], anchor_loss_form, anchor_margin)
+        loss_anchor = anchor_loss(outputs["anchors"], config.anchor_loss_form, config.anchor_margin)
         loss_center = center_loss(
-            outputs["head_embedding"], outputs["anchors"], labels, outputs["confidence"], mask
+            outputs["head_embedding"],
+            outputs["anchors"],
+            labels,
+            outputs["confidence"],
+            mask,
+            detach_confidence=config.detach_center_confidence,
         )
-        loss = lambda_ce * loss_cls + tau * (
-            lambda_anchor * loss_anchor + lambda_center * loss_center
+        loss = config.lambda_ce * loss_cls + tau * (
+            config.lambda_anchor * loss_anchor + config.lambda_center * loss_center
         )
     metrics = {
         "loss": loss,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging as std_logging
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -34,12 +33,12 @@ def main(argv):
     # Everything heavy is imported after flag parsing so that --help and bad flags are fast.
     import jax
 
-    from grefel_jax import evaluate, logging_utils, sharding, train
+    from grefel_jax import checkpoints, cli, evaluate, logging_utils, sharding, train
     from grefel_jax.data import errors as data_errors
 
     config = FLAGS.config
     if config.mode not in MODES:
-        raise app.UsageError(f"config.mode={config.mode!r}: expected one of {MODES}.")
+        cli.fail(f"config.mode={config.mode!r}: expected one of {MODES}.")
     sharding.maybe_initialize_distributed()
     # absl logging to stderr with times, plus python logging from the library modules.
     logging.use_absl_handler()
@@ -63,10 +62,15 @@ def main(argv):
                 FLAGS.workdir,
                 evaluate_during_training=config.mode == "train_and_eval",
             )
-    except data_errors.DatasetNotPreparedError as e:
-        # Fail fast with the data section's instructions, no traceback.
-        print(f"\nERROR: {e}", file=sys.stderr)
-        sys.exit(2)
+    except (
+        data_errors.DatasetNotPreparedError,
+        checkpoints.WorkdirBusyError,
+        checkpoints.CheckpointError,
+        ValueError,  # config validation: the message names the key
+    ) as e:
+        if FLAGS.verbosity >= 1:
+            raise
+        cli.fail(str(e))
     if jax.process_index() == 0:
         print(
             f"\nLogs: {FLAGS.workdir}/metrics.jsonl; "
@@ -87,4 +91,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from grefel_jax import cli
+
+    app.run(main, flags_parser=cli.parse_flags)

@@ -24,25 +24,24 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from grefel_jax.models import names
+
 PyTree = Any
 
 FROZEN, BACKBONE, HEAD, ANCHORS = "frozen", "backbone", "head", "anchors"
 GROUPS = (BACKBONE, HEAD, ANCHORS)
-LANDMARK_MODULE = "face_landback"
-IMAGE_BACKBONE_MODULE = "ir_back"
-HEAD_MODULE = "head"
 
 
 def param_labels(params: Mapping[str, PyTree], *, freeze_image_backbone: bool) -> PyTree:
     """Group label (`frozen`/`backbone`/`head`/`anchors`) for every leaf of `params`."""
 
     def label(path, _):
-        names = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
-        top = names[0]
-        if top == LANDMARK_MODULE or (freeze_image_backbone and top == IMAGE_BACKBONE_MODULE):
+        keys = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
+        top = keys[0]
+        if top == names.LANDMARK_NET or (freeze_image_backbone and top == names.IMAGE_BACKBONE):
             return FROZEN
-        if top == HEAD_MODULE:
-            return ANCHORS if names[-1] == "anchors" else HEAD
+        if top == names.HEAD:
+            return ANCHORS if keys[-1] == names.ANCHORS else HEAD
         return BACKBONE
 
     return jax.tree_util.tree_map_with_path(label, params)

@@ -67,7 +67,7 @@ def run(
       dataset / class_names: override the checkpoint's class names.
       stdout / stderr: streams (tests pass StringIO).
     """
-    from grefel_jax.checkpoint import CheckpointError
+    from grefel_jax.checkpoints import CheckpointError
     from grefel_jax.inference import faces as faces_lib
     from grefel_jax.inference import images as images_lib
     from grefel_jax.inference import report
@@ -215,5 +215,7 @@ def _define_flags() -> None:
 if __name__ == "__main__":
     from absl import app
 
+    from grefel_jax import cli
+
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

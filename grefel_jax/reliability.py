@@ -1,10 +1,10 @@
-"""Reliability balancing: the label-correction math of GReFEL / ARBEx (reference.md §2).
+"""Reliability balancing: the label-correction math of GReFEL / ARBEx (docs/reliability.md §2).
 
 Pure `jnp` functions with explicit arguments, no Flax: the heads in `models/heads.py` call them,
 and so can any other framework. Every log and sqrt is guarded so that values AND gradients stay
 finite on degenerate inputs (one-hot or uniform distributions, zero anchors, an embedding that
 sits exactly on an anchor, both correction confidences zero): the official PyTorch code has no
-such guards (reference.md §8.22).
+such guards (docs/ambiguities.md §8.22).
 
 Pipeline for one batch (B samples, C classes, K anchors per class, d embedding dims):
 

@@ -68,7 +68,10 @@ FERPLUS_EMPTY_NAME_VOTES = (0, 10, 0, 0, 0, 0, 0, 0, 0, 0)
 
 def write_ferplus(root: Path) -> dict[str, list[tuple[str, int]]]:
     """fer2013.csv + fer2013new.csv: every FERPLUS_CASES row in every split, plus an
-    empty-name row per split. Returns {split: [(image name, expected label)]} of kept rows."""
+    empty-name row per split and, as in the real release, a second Training row that repeats
+    an image name (other pixels, other votes). fer2013new.csv is written as spreadsheet tools
+    save it: UTF-8 BOM, CRLF line ends, blanks after the commas.
+    Returns {split: [(image name, expected label)]} of kept rows, in file order."""
     root.mkdir(parents=True, exist_ok=True)
     usages = {"Training": "train", "PublicTest": "validation", "PrivateTest": "test"}
     rng = np.random.default_rng(0)
@@ -90,14 +93,29 @@ def write_ferplus(root: Path) -> dict[str, list[tuple[str, int]]]:
             if label >= 0 and name:
                 expected[split].append((name, label))
             index += 1
+        if split == "train":  # the repeated name, with a clear `surprise` majority
+            pixel_rows.append({"emotion": "0", "pixels": pixels, "Usage": usage})
+            votes = (0, 0, 8, 0, 0, 0, 0, 0, 1, 1)
+            vote_rows.append(
+                {
+                    "Usage": usage,
+                    "Image name": "fer0000001.png",
+                    **{c: str(v) for c, v in zip(_VOTE_COLUMNS, votes)},
+                }
+            )
+            expected[split].append(("fer0000001.png", 2))
     with open(root / "fer2013.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["emotion", "pixels", "Usage"])
         writer.writeheader()
         writer.writerows(pixel_rows)
-    with open(root / "fer2013new.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["Usage", "Image name", *_VOTE_COLUMNS])
+    with open(root / "fer2013new.csv", "w", newline="", encoding="utf-8-sig") as f:
+        writer = csv.DictWriter(
+            f, fieldnames=["Usage", "Image name", *_VOTE_COLUMNS], lineterminator="\r\n"
+        )
         writer.writeheader()
-        writer.writerows(vote_rows)
+        writer.writerows(
+            {k: f" {v}" if k != "Usage" else v for k, v in r.items()} for r in vote_rows
+        )
     return expected
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import grain
+import json
+import socket
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from grefel_jax import checkpoint as ckpt_lib
+from grefel_jax import checkpoints as ckpt_lib
 from grefel_jax import sharding
 from grefel_jax.models import make_model_config
 
@@ -117,46 +119,95 @@ def toy_state(mesh, value):
 @needs_8
 def test_train_checkpoints_keep_best_and_reshard(tiny, tmp_path):
     config, _ = tiny
+    record = ckpt_lib.ModelRecord(config, class_names=tuple("abcdefg"), dataset="toy/1")
     mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
     checkpointer = ckpt_lib.TrainCheckpointer(tmp_path, keep=2, best_metric="accuracy")
-    iterator = iter(grain.MapDataset.range(1000).to_iter_dataset())
     accuracies = {1: 0.2, 2: 0.9, 3: 0.5, 4: 0.4, 5: None}
     for step, accuracy in accuracies.items():
-        next(iterator)
         model, train = toy_state(mesh, float(step))
         metrics = None if accuracy is None else {"accuracy": accuracy}
-        checkpointer.save(
-            step, model, train, config, data_iterator=iterator, metrics=metrics, force=True
-        )
+        checkpointer.save(step, model, train, record, metrics=metrics, force=True)
     checkpointer.close()
     kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert kept == [2, 4, 5]  # the last two and the best
 
-    # A workdir gives the best step's EMA weights.
+    # A workdir gives the best step's EMA weights and the record saved with it.
     variables, loaded_config, metadata = ckpt_lib.load_inference_checkpoint(
         tmp_path, check_shapes=False
     )
     assert metadata["step"] == 2 and metadata["used_ema"] and loaded_config == config
+    assert metadata["class_names"] == tuple("abcdefg") and metadata["dataset"] == "toy/1"
+    assert metadata["preprocessing"]["image_size"] == 64
     np.testing.assert_array_equal(variables["params"]["w"], -2.0)
 
-    # Resume the latest step onto other device layouts, iterator included.
+    # Resume the latest step onto other device layouts.
     for target_mesh in (
         sharding.make_mesh({"data": 8, "fsdp": 1}),
         sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1]),
     ):
-        model, train = toy_state(target_mesh, 0.0)
-        replicated = NamedSharding(target_mesh, P())
-        abstract = jax.tree.map(
-            lambda x, s=replicated: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            (model, train),
-        )
-        restored_iter = iter(grain.MapDataset.range(1000).to_iter_dataset())
+        abstract = _abstract(target_mesh)
         checkpointer = ckpt_lib.TrainCheckpointer(tmp_path, keep=2, best_metric="accuracy")
-        restored_model, restored_train = checkpointer.restore(
-            *abstract, data_iterator=restored_iter
-        )
+        restored_model, restored_train, step = checkpointer.restore(*abstract)
         checkpointer.close()
         np.testing.assert_array_equal(np.asarray(restored_model["params"]["w"]), 5.0)
         assert restored_model["params"]["w"].sharding.mesh.devices.size == target_mesh.devices.size
-        assert int(restored_train["step"]) == 5
-        assert next(restored_iter) == 5  # the data continue where they stopped
+        assert int(restored_train["step"]) == 5 and step == 5
+
+
+def _abstract(mesh):
+    model, train = toy_state(mesh, 0.0)
+    replicated = NamedSharding(mesh, P())
+    return jax.tree.map(
+        lambda x, s=replicated: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), (model, train)
+    )
+
+
+def _corrupt(step_dir):
+    """Truncates every array file of a saved step (what a crash or a bad disk leaves)."""
+    damaged = 0
+    for f in (step_dir / "model").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
+            f.write_bytes(b"\0" * 7)
+            damaged += 1
+    assert damaged
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint(tiny, tmp_path, caplog):
+    config, _ = tiny
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])
+    checkpointer = ckpt_lib.TrainCheckpointer(tmp_path, keep=3, best_metric=None)
+    for step in (1, 2, 3):
+        checkpointer.save(step, *toy_state(mesh, float(step)), ckpt_lib.ModelRecord(config))
+    checkpointer.close()
+    _corrupt(tmp_path / "checkpoints" / "3")
+    checkpointer = ckpt_lib.TrainCheckpointer(tmp_path, keep=3, best_metric=None)
+    with caplog.at_level("WARNING"):
+        model, train, step = checkpointer.restore(*_abstract(mesh))
+    checkpointer.close()
+    assert step == 2 and int(train["step"]) == 2
+    np.testing.assert_array_equal(np.asarray(model["params"]["w"]), 2.0)
+    assert any("step 3" in r.getMessage() for r in caplog.records)
+    # Inference on the workdir also falls back to a readable step.
+    _, _, metadata = ckpt_lib.load_inference_checkpoint(tmp_path, check_shapes=False)
+    assert metadata["step"] == 2
+    for step in (1, 2):
+        _corrupt(tmp_path / "checkpoints" / str(step))
+    checkpointer = ckpt_lib.TrainCheckpointer(tmp_path, keep=3, best_metric=None)
+    with pytest.raises(ckpt_lib.CheckpointError, match="no checkpoint could be read"):
+        checkpointer.restore(*_abstract(mesh))
+    checkpointer.close()
+    with pytest.raises(ckpt_lib.CheckpointError, match="no readable checkpoint"):
+        ckpt_lib.load_inference_checkpoint(tmp_path, check_shapes=False)
+
+
+def test_workdir_lock_refuses_a_second_run(tmp_path, monkeypatch):
+    with ckpt_lib.WorkdirLock(tmp_path):
+        with pytest.raises(ckpt_lib.WorkdirBusyError, match=r"in use by another run.*run\.lock"):
+            with ckpt_lib.WorkdirLock(tmp_path):
+                pass
+    # Released at exit; a lock whose process is gone is taken over.
+    stale = {"host": socket.gethostname(), "pid": 999_999_999, "started": "earlier"}
+    (tmp_path / "run.lock").write_text(json.dumps(stale))
+    with ckpt_lib.WorkdirLock(tmp_path):
+        assert (tmp_path / "run.lock").exists()
+    assert not (tmp_path / "run.lock").exists()

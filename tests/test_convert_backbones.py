@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 import torch_reference as ref  # noqa: E402
 from torch_reference.files import save_mobilefacenet_checkpoint, save_state_dict  # noqa: E402
 
-from grefel_jax.checkpoint import (  # noqa: E402
+from grefel_jax.checkpoints import (  # noqa: E402
     expected_variable_shapes,
     load_inference_checkpoint,
     merge_pretrained,
@@ -140,7 +140,7 @@ def test_paper_size_files_fill_every_backbone_variable(tmp_path):
 
 
 def test_backbone_checkpoints_merge_into_a_fresh_model(tmp_path):
-    """`init_from` (grefel_jax.checkpoint.merge_pretrained) loads a partial checkpoint."""
+    """`init_from` (grefel_jax.checkpoints.merge_pretrained) loads a partial checkpoint."""
     torch_ir = ref.randomize_(_ir50_reference("body"), seed=3).eval()
     ir_file = save_state_dict(torch_ir, tmp_path / "ir50.pth")
     mfn = ref.MobileFaceNet(TINY.dims[0], TINY.mfn_units, 136, TINY.image_size // 2)

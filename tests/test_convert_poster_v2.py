@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 import torch_reference as ref  # noqa: E402
 from torch_reference.files import save_mobilefacenet_checkpoint, save_poster_checkpoint  # noqa: E402
 
-from grefel_jax.checkpoint import load_inference_checkpoint  # noqa: E402
+from grefel_jax.checkpoints import load_inference_checkpoint  # noqa: E402
 from grefel_jax.convert import ConversionError, build, convert  # noqa: E402
 from grefel_jax.models import GReFEL, make_model_config  # noqa: E402
 

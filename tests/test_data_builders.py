@@ -1,4 +1,4 @@
-"""Each dataset builder on a fixture generated in the official layout (reference.md §7)."""
+"""Each dataset builder on a fixture generated in the official layout (docs/datasets.md)."""
 
 from __future__ import annotations
 
@@ -105,18 +105,28 @@ def test_ferplus_majority_protocol(tmp_path):
         "ferplus", data_dir=str(tmp_path / "d"), manual_dir=str(tmp_path / "fer"), verbose=False
     )
     kept = sum(1 for _, label, _ in fx.FERPLUS_CASES if label >= 0)
-    assert out["splits"] == {"train": kept, "validation": kept, "test": kept}
+    # The repeated image name is a second example (keyed by its row), not an error.
+    assert out["splits"] == {"train": kept + 1, "validation": kept, "test": kept}
     assert out["class_names"] == classes.FERPLUS
     for split in ("train", "validation", "test"):
-        examples = _by_file(_read("ferplus", tmp_path / "d", split))
-        assert {k: int(v["label"]) for k, v in examples.items()} == dict(expected[split])
-        for ex in examples.values():
+        examples = _read("ferplus", tmp_path / "d", split)
+        found = sorted((ex["file_name"].decode(), int(ex["label"])) for ex in examples)
+        assert found == sorted(expected[split])
+        for ex in examples:
             assert ex["image"].shape == (48, 48, 3)
             np.testing.assert_array_equal(ex["image"][..., 0], ex["image"][..., 2])  # grey->RGB
             dist = ex["label_distribution"]
             assert dist.shape == (8,) and abs(dist.sum() - 1) < 1e-6
             assert int(np.argmax(dist)) == int(ex["label"])
             assert ex["votes"].shape == (10,)
+
+
+def test_repeated_keys_fail_naming_the_key(tmp_path):
+    from grefel_jax.data.builders import base as builder_base
+
+    pairs = [("a.jpg", 1), ("b.jpg", 2), ("a.jpg", 3)]
+    with pytest.raises(errors.ManualDataFormatError, match="raf_db train.*'a.jpg'"):
+        list(builder_base.unique_keys(iter(pairs), "raf_db train"))
 
 
 def test_ferplus_missing_file_lists_it(tmp_path):

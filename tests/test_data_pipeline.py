@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from grefel_jax import preprocess
 from grefel_jax.data import augment, config, errors, noise, pipeline, prepare, source
 
 
@@ -66,17 +67,19 @@ def test_train_batches_shapes_and_determinism(synthetic_config):
     assert np.abs(a[0]["image"]).max() < 10
 
 
-def test_train_iterator_state_restores(synthetic_config):
+def test_train_stream_resumes_from_any_step(synthetic_config):
+    """The stream is a function of the global step: starting at step 2 gives batches 2, 3 of
+    a stream started at 0 (images, labels and record keys), across an epoch boundary too."""
     kw = dict(image_size=32, global_batch_size=8, seed=3)
-    it = pipeline.make_train_iterator(synthetic_config, **kw)
-    _take(it, 2)
-    state = it.get_state()
-    expected = _take(it, 2)
-    restored = pipeline.make_train_iterator(synthetic_config, **kw)
-    restored.set_state(state)
-    for x, y in zip(expected, _take(restored, 2)):
-        np.testing.assert_array_equal(x["image"], y["image"])
-        np.testing.assert_array_equal(x["label"], y["label"])
+    straight = _take(pipeline.make_train_iterator(synthetic_config, **kw), 20)
+    for start in (2, 17):  # 140 train examples = 17.5 batches of 8: 17 is in epoch 2
+        resumed = _take(pipeline.make_train_iterator(synthetic_config, start_step=start, **kw), 2)
+        for x, y in zip(straight[start : start + 2], resumed):
+            for key in ("image", "label", "record_key"):
+                np.testing.assert_array_equal(x[key], y[key])
+    # Every record once per epoch (17 full batches of epoch 1 cover 136 distinct records).
+    keys = np.concatenate([b["record_key"] for b in straight[:17]])
+    assert len(set(keys.tolist())) == 136
 
 
 def test_eval_covers_every_example_once(synthetic_config):
@@ -93,7 +96,7 @@ def test_eval_covers_every_example_once(synthetic_config):
     labels = np.concatenate([b["label"] for b in batches])[mask]
     for i in range(35):  # in record order, each exactly once, preprocessed the single way
         np.testing.assert_allclose(
-            images[i], pipeline.preprocess_eval_image(src[i]["image"], 32), atol=1e-6
+            images[i], preprocess.preprocess_eval_image(src[i]["image"], 32), atol=1e-6
         )
         assert labels[i] == src[i]["label"]
 
@@ -212,10 +215,10 @@ def test_dataset_info_and_not_prepared_error(synthetic_config, tmp_path):
 
 def test_preprocess_eval_image_and_augment():
     grey = np.full((50, 40, 3), 128, np.uint8)
-    out = pipeline.preprocess_eval_image(grey, 24)
+    out = preprocess.preprocess_eval_image(grey, 24)
     assert out.shape == (24, 24, 3) and out.dtype == np.float32
     np.testing.assert_allclose(
-        out[0, 0], (128 / 255 - augment.IMAGENET_MEAN) / augment.IMAGENET_STD, rtol=1e-5
+        out[0, 0], (128 / 255 - preprocess.IMAGENET_MEAN) / preprocess.IMAGENET_STD, rtol=1e-5
     )
     aug = config.get_data_config().augment
     aug.random_erasing_p = 1.0

@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from grefel_jax import checkpoint as ckpt_lib
+from grefel_jax import checkpoints as ckpt_lib
 from grefel_jax import evaluate, sharding
 from grefel_jax.data import source
-from grefel_jax.data.augment import preprocess_eval_image
 from grefel_jax.models import GReFEL, init_variables, make_model_config
+from grefel_jax.preprocess import preprocess_eval_image
 
 needs_8 = pytest.mark.skipif(
     jax.device_count() < 8, reason="run with XLA_FLAGS=--xla_force_host_platform_device_count=8"

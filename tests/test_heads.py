@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from grefel_jax import losses
+from grefel_jax.convert import arbex_names
 from grefel_jax.models import heads
 from grefel_jax.models.config import HEAD_PRESETS, HeadConfig
 
@@ -230,7 +231,7 @@ def _copy_torch_weights(cfg, mods, anchors, variables):
     state = {k: v.detach().numpy() for k, v in mods.state_dict().items()}
     state["anchors.anchors"] = anchors.detach().numpy()
     variables = flax.core.unfreeze(jax.tree.map(np.asarray, variables))
-    mapping = heads.arbex_torch_key_map(cfg)
+    mapping = arbex_names.head_key_map(cfg)
     assert set(mapping) == {k for k in state if not k.endswith("num_batches_tracked")}
     for key, (collection, path, transpose) in mapping.items():
         value = state[key].T if transpose else state[key]
@@ -289,11 +290,11 @@ def test_arbex_head_train_mode_matches_pytorch_batchnorm():
 
 def test_arbex_key_map_rejects_grefel_config():
     with pytest.raises(ValueError, match="arbex_code"):
-        heads.arbex_torch_key_map(TINY)
+        arbex_names.head_key_map(TINY)
 
 
 def test_arbex_paper_head_parameter_count():
-    """reference.md §1g: MLP 389,864; anchors 61,440; SelfAttn 18,744 (d=768, C=8, K=10)."""
+    """docs/model.md §1g: MLP 389,864; anchors 61,440; SelfAttn 18,744 (d=768, C=8, K=10)."""
     cfg = HeadConfig(
         num_classes=8,
         reduction_dim=None,
@@ -328,7 +329,11 @@ def _loss_fn(module, variables, x, labels, tau):
             mutable=["batch_stats"],
         )
         loss, metrics = losses.total_loss(
-            out, labels, tau=tau, class_weights=jnp.linspace(0.5, 2.0, C), label_smoothing=0.1
+            out,
+            labels,
+            tau=tau,
+            class_weights=jnp.linspace(0.5, 2.0, C),
+            config=losses.LossConfig(label_smoothing=0.1),
         )
         return loss, (metrics, updates)
 

@@ -1,4 +1,4 @@
-"""Losses (grefel_jax/losses.py) against numpy written from reference.md §3 (and torch NLL)."""
+"""Losses (grefel_jax/losses.py) against numpy written from docs/losses.md §3 (and torch NLL)."""
 
 import jax
 import jax.numpy as jnp
@@ -228,10 +228,13 @@ def test_total_loss_grefel_matches_formula(batch):
         jnp.asarray(batch["y"]),
         tau=tau,
         class_weights=f32(batch["w"]),
-        label_smoothing=0.1,
-        lambda_ce=lce,
-        lambda_anchor=la,
-        lambda_center=lc,
+        config=losses.LossConfig(
+            label_smoothing=0.1,
+            lambda_ce=lce,
+            lambda_anchor=la,
+            lambda_center=lc,
+            anchor_loss_form="official",
+        ),
     )
     q_final = (1 - tau) * p + tau * q_corr
     l_cls = _np_wce(q_final, batch["y"], batch["w"], 0.1)
@@ -244,7 +247,10 @@ def test_total_loss_grefel_matches_formula(batch):
     assert float(metrics["tau"]) == pytest.approx(tau)
     assert float(metrics["loss"]) == float(loss)
     _, m_margin = losses.total_loss(
-        outputs, jnp.asarray(batch["y"]), tau=tau, anchor_loss_form="margin", anchor_margin=0.5
+        outputs,
+        jnp.asarray(batch["y"]),
+        tau=tau,
+        config=losses.LossConfig(anchor_loss_form="margin", anchor_margin=0.5),
     )
     np.testing.assert_allclose(
         m_margin["loss_anchor"], _np_anchor_margin(batch["a"], 0.5), rtol=1e-5
@@ -255,7 +261,7 @@ def test_total_loss_poster_uses_logits(batch):
     rng = np.random.default_rng(2)
     logits = rng.normal(size=(B, C)) * 3
     outputs = {"logits": f32(logits), "probs": f32(_softmax(logits))}
-    loss, metrics = losses.total_loss(outputs, jnp.asarray(batch["y"]), tau=0.5)
+    loss, metrics = losses.total_loss(outputs, jnp.asarray(batch["y"]), tau=0.5, head_kind="poster")
     np.testing.assert_allclose(loss, _np_wce(_softmax(logits), batch["y"]), rtol=1e-5)
     assert float(metrics["loss_anchor"]) == 0.0 and float(metrics["loss_center"]) == 0.0
     mask = np.array([True, False] * 3)
@@ -263,6 +269,7 @@ def test_total_loss_poster_uses_logits(batch):
         outputs,
         jnp.asarray(batch["y"]),
         tau=0.5,
+        head_kind="poster",
         mask=jnp.asarray(mask),
         class_weights=f32(batch["w"]),
     )

@@ -34,7 +34,7 @@ def _intermediate_shapes(config, batch=2):
 
 def test_paper_stage_shapes_match_reference():
     outputs, inter = _intermediate_shapes(make_model_config("paper", "grefel", 7))
-    # reference.md §1a-§1e, all confirmed with forward hooks on the official code.
+    # docs/model.md §1a-§1e, all confirmed with forward hooks on the official code.
     assert inter["face1"] == (2, 28, 28, 64)
     assert inter["face2"] == (2, 14, 14, 128)
     assert inter["face3"] == (2, 7, 7, 256)  # after last_face_conv 512 -> 256
@@ -65,7 +65,7 @@ def test_paper_poster_parameter_count_is_exact():
     counts = parameter_counts(make_model_config("paper", "poster", 7))
     # The parameters the official POSTER++ forward pass uses (its state_dict has 14.5M dead).
     assert sum(counts.values()) == 43_753_941
-    # Per-module counts of reference.md §1g.
+    # Per-module counts of docs/model.md §1g.
     assert counts["ir_back"] == 17_611_968
     assert counts["face_landback"] == 911_232  # MobileFaceNet without its GDC head
     assert counts["last_face_conv"] == 1_179_904
@@ -83,7 +83,7 @@ def test_paper_poster_parameter_count_is_exact():
 
 def test_arbex_head_parameter_count():
     counts = parameter_counts(make_model_config("paper", "arbex_code", 8))
-    # MLP 389,864 + anchors 8*1*768 + SelfAttn 18,744 (reference.md §1g).
+    # MLP 389,864 + anchors 8*1*768 + SelfAttn 18,744 (docs/model.md §1g).
     assert counts["head"] == 389_864 + 8 * 768 + 18_744
 
 

@@ -23,8 +23,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from grefel_jax import checkpoint as ckpt_lib
-from grefel_jax import predict
+from grefel_jax import checkpoints as ckpt_lib
+from grefel_jax import predict, preprocess
 from grefel_jax.data import classes, pipeline, source
 from grefel_jax.inference import Predictor, resolve_class_names
 from grefel_jax.inference import predictor as predictor_lib
@@ -55,7 +55,7 @@ def _split_images(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
 def _train_head(model_config, variables, images, labels, steps=200):
     """A few Adam steps on the head over frozen backbone features (cheap to compile)."""
     model = GReFEL(model_config)
-    batch = np.stack([pipeline.preprocess_eval_image(x, IMAGE_SIZE) for x in images])
+    batch = np.stack([preprocess.preprocess_eval_image(x, IMAGE_SIZE) for x in images])
     features = jax.jit(lambda v, x: model.apply(v, x, train=False, features_only=True))
     embedding = features(variables, batch)["embedding"]
     head = GReFELHead(model_config.head)
@@ -104,17 +104,19 @@ def trained(data_config, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("checkpoints")
     inference_dir = root / "inference"
+    # The dataset only (as a converter given --dataset would record it): names from it.
     ckpt_lib.save_inference_checkpoint(
         inference_dir,
         variables,
-        model_config,
-        {"dataset": "synthetic_faces", "dataset_config": "tiny_64"},
+        ckpt_lib.ModelRecord(model_config, dataset="synthetic_faces/tiny_64"),
     )
     workdir = root / "workdir"
+    record = ckpt_lib.ModelRecord(
+        model_config, class_names=classes.SYNTHETIC_FACES, dataset="synthetic_faces/tiny_64"
+    )
     checkpointer = ckpt_lib.TrainCheckpointer(workdir, keep=1, best_metric=None, async_save=False)
-    checkpointer.save(30, dict(variables), {"step": np.int32(30)}, model_config, force=True)
+    checkpointer.save(30, dict(variables), {"step": np.int32(30)}, record, force=True)
     checkpointer.close()
-    (workdir / "config.json").write_text(json.dumps({"data": data_config.to_dict()}))
     return model_config, variables, inference_dir, workdir
 
 
@@ -357,7 +359,7 @@ def test_arbex_batch_attention_checkpoint_is_not_padded(data_config, trained, tm
     images, _ = _split_images(data_config, "test")
     faces = [r.faces[0] for r in predictor.predict(list(images[:3]))]
 
-    batch = np.stack([pipeline.preprocess_eval_image(x, IMAGE_SIZE) for x in images[:3]])
+    batch = np.stack([preprocess.preprocess_eval_image(x, IMAGE_SIZE) for x in images[:3]])
     model = GReFEL(arbex_config)
     exact = predictor_lib._forward(arbex_variables, batch, model=model)
     np.testing.assert_allclose(

@@ -1,4 +1,4 @@
-"""Reliability math (grefel_jax/reliability.py) against numpy written from reference.md §2."""
+"""Reliability math (grefel_jax/reliability.py) against numpy, from docs/reliability.md §2."""
 
 import jax
 import jax.numpy as jnp

@@ -1,9 +1,10 @@
 """The PyTorch reference modules have exactly the official state_dict keys and shapes.
 
-state_dict_keys.md (shared docs beside the repository checkout) lists, for every official
-module, every key with its shape, derived by instantiating the official classes. Our
-reference modules (tests/torch_reference) are built at the paper sizes on the `meta` device
-(shapes only, no memory, no compute) and compared section by section, in order.
+docs/state_dict_keys.md (in this repository) lists, for every official module, every key
+with its shape, derived by instantiating the official classes. Our reference modules
+(tests/torch_reference) are built at the paper sizes on the `meta` device (shapes only, no
+memory, no compute) and compared section by section, in order. The file ships with the
+repository, so a missing file is an error, not a skip.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 import torch_reference as ref  # noqa: E402
 
-KEYS_FILE = Path(__file__).resolve().parents[2] / "shared/docs/state_dict_keys.md"
+KEYS_FILE = Path(__file__).resolve().parents[1] / "docs" / "state_dict_keys.md"
 
 
 def _parse_sections(path: Path) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
@@ -42,8 +43,7 @@ def _parse_sections(path: Path) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
 
 @pytest.fixture(scope="module")
 def sections():
-    if not KEYS_FILE.exists():
-        pytest.skip(f"{KEYS_FILE} not found (shared/ must sit beside the repository checkout)")
+    assert KEYS_FILE.is_file(), f"{KEYS_FILE} not found (docs/ is part of the repository)"
     return _parse_sections(KEYS_FILE)
 
 
@@ -74,7 +74,7 @@ EXPECTED_COUNTS = {"A": 747, "B": 333, "C": 304, "D": 292, "E": 321, "F": 754}
 @pytest.mark.parametrize("section", sorted(EXPECTED_COUNTS))
 def test_state_dict_keys_and_shapes_equal_official(sections, section):
     want = sections[section]
-    assert len(want) == EXPECTED_COUNTS[section], "state_dict_keys.md parse went wrong"
+    assert len(want) == EXPECTED_COUNTS[section], "docs/state_dict_keys.md parse went wrong"
     got = _keys(_build(section))
     missing = [k for k in want if k not in got]
     extra = [k for k in got if k not in want]

@@ -1,10 +1,11 @@
-"""Training: sharded vs single-device steps, SAM in the real step, frozen parameters, resume,
-SIGTERM, config errors. Tiny model on 64x64 generated faces, 8 fake CPU devices."""
+"""Training: sharded vs single-device steps of the full head, frozen parameters, resume,
+SIGTERM, corrupt checkpoints, the workdir lock, config errors. Tiny model on 64x64 generated
+faces, 8 fake CPU devices."""
 
 from __future__ import annotations
 
 import copy
-import functools
+import logging
 import os
 import pathlib
 import signal
@@ -13,15 +14,15 @@ import sys
 
 import jax
 import numpy as np
-import optax
 import pytest
 
-from grefel_jax import optim, sharding, train
+from grefel_jax import checkpoints, sharding, train
+from grefel_jax.configs import base
 from grefel_jax.data import pipeline
+from grefel_jax.models import names
+from grefel_jax.trainer import build_trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from configs import base  # noqa: E402
 
 needs_8 = pytest.mark.skipif(
     jax.device_count() < 8, reason="run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
@@ -29,7 +30,7 @@ needs_8 = pytest.mark.skipif(
 
 
 def tiny_config(data_config):
-    """A config small enough to compile in seconds: tiny variant, 64x64, one IR unit each."""
+    """The full default head at tiny size on a backbone that compiles in seconds."""
     config = base.get_base_config()
     config.model.variant = "tiny"
     config.model.backbone.image_size = 64
@@ -49,152 +50,197 @@ def tiny_config(data_config):
     return config
 
 
+# --- sharded == single device -------------------------------------------------------------
+#
+# Tolerances. Both runs compute in float32 and differ only in the order of reductions (batch
+# statistics, the loss mean and the gradients are all-reduced over the 8 shards). Each such
+# sum of n terms carries a relative rounding error of at most ~n * 2^-24 and typically
+# ~sqrt(n) * 2^-24; the model's gradient against a float64 run of the same step is off by
+# 1e-5 (relative, global norm; docs/numerics.md), so two float32 orders are expected to agree
+# to about that. One SGD step moves every parameter by lr * g, so the relative difference of
+# the updates is the relative difference of the gradients: we allow 1e-4 per parameter
+# tensor (10x the measured float32 error), measured as ||u_8 - u_1|| / ||u_1||. After 20
+# steps the rounding differences have been fed through 20 nonlinear updates and grow; the
+# test allows 1e-3 of the distance travelled. An ill-conditioned model (issue 9: the fusion
+# ViT's readout at init, 8 % differences) fails both by orders of magnitude.
+ONE_STEP_RTOL = 1e-4
+TWENTY_STEP_RTOL = 1e-3
+
+
 @pytest.fixture(scope="module")
-def step_setup(tiny_faces_config):
-    """Model, SGD+SAM optimizer, a fresh state and one batch: shared by the step tests."""
+def sharded_vs_single(tiny_faces_config):
+    """20 steps of SGD + SAM with dropout and DropPath, on 1 device and on a (2, 4) mesh,
+    from the same init on the same 20 batches; the states after step 1 and step 20."""
     config = tiny_config(tiny_faces_config)
     config.optim.name = "sgd"
     config.optim.momentum = 0.0
-    # Without DropPath/dropout the sharded and single-device steps agree to ~1e-6; with them
-    # (rate 0.5 here) a few ViT parameters differ by ~1e-3 after one step, an amplified
-    # float32 reduction-order effect (the dropout bits themselves are sharding-invariant).
-    config.model.backbone.drop_path_max = 0.0
-    config.model.head.mlp_dropout = 0.0
-    # Gradients at init are large (global norm in the hundreds), so a small SGD rate.
-    config.optim.lr_backbone = config.optim.lr_head = config.optim.lr_anchors = 1e-3
-    model_config = train.model_config_from(config, num_classes=7)
-    model = train.make_model(config, model_config)
-    abstract = jax.eval_shape(
-        lambda: train.init_state(jax.random.key(0), model=model, tx=optax.identity(), use_ema=False)
-    )
-    labels = optim.param_labels(abstract.params, freeze_image_backbone=False)
-    trainable = optim.trainable_mask(labels)
-    tx, _ = optim.make_optimizer(config.optim, labels, steps_per_epoch=10, total_steps=20)
-    state = jax.jit(functools.partial(train.init_state, model=model, tx=tx, use_ema=True))(
-        jax.random.key(0)
-    )
-    step_fn = functools.partial(
-        train.train_step,
-        model=model,
-        tx=tx,
-        trainable=trainable,
-        total_steps=20,
-        class_weights=None,
-        loss_config=train.loss_kwargs(config),
-        # SAM is left to the resume test: its ascent step normalises by the gradient norm,
-        # which amplifies float32 reduction-order differences beyond a tight tolerance.
-        sam_rho=0.0,
-        sam_adaptive=False,
-        ema_decay=0.9,
-    )
-    batch = next(
-        pipeline.make_train_iterator(config.data, image_size=64, global_batch_size=16, seed=0)
-    )
-    batch = {"image": batch["image"], "label": batch["label"]}
-    return dict(config=config, state=jax.device_get(state), step_fn=step_fn, batch=batch)
+    config.optim.sam = True
+    config.optim.sam_rho = 0.05
+    config.optim.ema_decay = 0.9
+    config.model.backbone.drop_path_max = 0.5  # DropPath and the MLP's dropout 0.5 both on
+    info = pipeline.dataset_info(config.data)
+    stream = pipeline.make_train_iterator(config.data, image_size=64, global_batch_size=16, seed=0)
+    batches = [next(stream) for _ in range(20)]
+    runs = {}
+    for name, mesh in [
+        ("single", sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])),
+        ("sharded", sharding.make_mesh({"data": 2, "fsdp": 4})),
+    ]:
+        trainer = build_trainer(config, info, mesh)
+        state = trainer.init_state(jax.random.key(0))
+        initial = jax.device_get(state)
+        specs = {str(x.sharding.spec) for x in jax.tree.leaves(state.params)}
+        after = {}
+        losses = []
+        for step, batch in enumerate(batches, 1):
+            state, metrics = trainer.step(state, trainer.global_batch(batch))
+            losses.append(float(metrics["loss"]))
+            if step in (1, 20):
+                after[step] = jax.device_get(state)
+        runs[name] = dict(initial=initial, after=after, losses=losses, specs=specs)
+    return runs
 
 
-def sharded_step(setup, mesh):
-    state_sh = sharding.param_shardings(setup["state"], mesh, fsdp_min_size=256)
-    batch_sh = {k: sharding.batch_sharding(mesh) for k in setup["batch"]}
-    step = jax.jit(
-        setup["step_fn"],
-        in_shardings=(state_sh, batch_sh),
-        out_shardings=(state_sh, sharding.replicated(mesh)),
-        donate_argnums=(0,),
-    )
-    state = jax.device_put(setup["state"], state_sh)
-    return step, state, sharding.host_local_to_global(setup["batch"], mesh)
+def _relative_update_differences(initial, a, b):
+    """Per parameter path: ||(a - p0) - (b - p0)|| / ||a - p0||, for parameters that moved."""
+    out = {}
+    flat_0 = jax.tree_util.tree_flatten_with_path(initial)[0]
+    for (path, p0), pa, pb in zip(flat_0, jax.tree.leaves(a), jax.tree.leaves(b)):
+        ua = np.asarray(pa, np.float64) - np.asarray(p0, np.float64)
+        ub = np.asarray(pb, np.float64) - np.asarray(p0, np.float64)
+        norm = np.linalg.norm(ua)
+        if norm > 0:
+            out[jax.tree_util.keystr(path)] = float(np.linalg.norm(ua - ub) / norm)
+    return out
 
 
 @needs_8
-def test_sharded_step_equals_single_device_step(step_setup):
-    single = jax.jit(step_setup["step_fn"])
-    state_1, metrics_1 = single(
-        jax.device_put(step_setup["state"], jax.devices()[0]), step_setup["batch"]
-    )
-    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
-    step, state, batch = sharded_step(step_setup, mesh)
-    # Some parameters really are split over the fsdp axis.
-    specs = {x.sharding.spec for x in jax.tree.leaves(state.params)}
-    assert any("fsdp" in str(spec) for spec in specs)
-    state_8, metrics_8 = step(state, batch)
-    # Equal up to float32 reduction order (batch statistics and gradients are all-reduced).
-    np.testing.assert_allclose(metrics_8["loss"], metrics_1["loss"], rtol=1e-4)
-    for a, b in zip(jax.tree.leaves(state_8.params), jax.tree.leaves(state_1.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+def test_sharded_step_equals_single_device_step(sharded_vs_single):
+    single, sharded = sharded_vs_single["single"], sharded_vs_single["sharded"]
+    assert any("fsdp" in spec for spec in sharded["specs"])  # some params really are split
+    np.testing.assert_allclose(sharded["losses"][0], single["losses"][0], rtol=1e-5)
+    for step, rtol in [(1, ONE_STEP_RTOL), (20, TWENTY_STEP_RTOL)]:
+        for tree in ("params", "batch_stats"):
+            diffs = _relative_update_differences(
+                getattr(single["initial"], tree),
+                getattr(single["after"][step], tree),
+                getattr(sharded["after"][step], tree),
+            )
+            assert diffs, tree
+            worst = max(diffs, key=diffs.get)
+            assert diffs[worst] < rtol, f"step {step} {tree}{worst}: {diffs[worst]:.2e}"
+    np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-3)
 
 
 @needs_8
-def test_steps_on_mesh_lower_the_loss_and_keep_frozen_params(step_setup):
+def test_dropout_bits_do_not_depend_on_the_sharding():
+    """The masks of a step are drawn for the global batch: same bits however it is split."""
+    key = jax.random.fold_in(jax.random.key(3), 7)
+    draw = lambda k: jax.random.bernoulli(k, 0.5, (16, 8, 8, 32))
     mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
-    step, state, batch = sharded_step(step_setup, mesh)
-    before = step_setup["state"]
-    losses = []
-    for _ in range(6):
-        state, metrics = step(state, batch)
-        losses.append(float(metrics["loss"]))
-    assert losses[-1] < losses[0] - 0.05, losses
-    after = jax.device_get(state)
+    whole = jax.jit(draw)(key)
+    split = jax.jit(draw, out_shardings=sharding.batch_sharding(mesh))(key)
+    assert len(split.sharding.device_set) == 8
+    np.testing.assert_array_equal(np.asarray(split), np.asarray(whole))
+
+
+@needs_8
+def test_training_moves_what_it_should_and_keeps_frozen_params(sharded_vs_single):
+    run = sharded_vs_single["sharded"]
+    before, after = run["initial"], run["after"][20]
+    assert np.mean(run["losses"][-5:]) < np.mean(run["losses"][:5]), run["losses"]
     # The landmark network is frozen: parameters and BN statistics unchanged...
-    for a, b in zip(
-        jax.tree.leaves(after.params["face_landback"]),
-        jax.tree.leaves(before.params["face_landback"]),
-    ):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(
-        jax.tree.leaves(after.batch_stats["face_landback"]),
-        jax.tree.leaves(before.batch_stats["face_landback"]),
-    ):
-        np.testing.assert_array_equal(a, b)
-    # ... while the image backbone, the head and the EMA move.
-    changed = lambda x, y: any(
-        not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))
+    for tree in ("params", "batch_stats"):
+        for a, b in zip(
+            jax.tree.leaves(getattr(after, tree)[names.LANDMARK_NET]),
+            jax.tree.leaves(getattr(before, tree)[names.LANDMARK_NET]),
+        ):
+            np.testing.assert_array_equal(a, b)
+
+    # ... while the image backbone, the head, the anchors and the EMA move.
+    def changed(x, y):
+        return any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
+
+    assert changed(after.params[names.IMAGE_BACKBONE], before.params[names.IMAGE_BACKBONE])
+    assert changed(
+        after.params[names.HEAD][names.ANCHORS], before.params[names.HEAD][names.ANCHORS]
     )
-    assert changed(after.params["ir_back"], before.params["ir_back"])
-    assert changed(after.params["head"], before.params["head"])
+    assert changed(after.params[names.HEAD], before.params[names.HEAD])
     assert changed(after.ema_params, before.ema_params)
-    assert int(after.step) == 6
+    assert int(after.step) == 20
+
+
+# --- resume, SIGTERM, corrupt checkpoints, lock -------------------------------------------
+
+
+def _run(config, workdir, stop_at=None):
+    """train_and_evaluate with a SIGTERM after step `stop_at`; (state, labels by step)."""
+    labels = {}
+
+    def callback(step, state, batch):
+        labels[step] = np.asarray(batch["label"]).copy()
+        if step == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    state = train.train_and_evaluate(
+        config, str(workdir), evaluate_during_training=False, step_callback=callback
+    )
+    return jax.device_get(state), labels
+
+
+def _assert_trees_close(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 @needs_8
-def test_resume_and_sigterm_match_an_uninterrupted_run(tiny_faces_config, tmp_path):
+def test_resume_and_sigterm_match_an_uninterrupted_run(tiny_faces_config, tmp_path, caplog):
     config = tiny_config(tiny_faces_config)
     config.mesh.data, config.mesh.fsdp = 4, 2
-    config.optim.ema_decay = 0.99  # EMA parameters go through the checkpoints too
-    config.checkpoint_every_steps = 15  # so that the checkpoint at step 10 is SIGTERM's
+    config.optim.sam = True  # SAM and EMA go through the resumed run too
+    config.optim.ema_decay = 0.99
+    config.num_train_steps = 12
+    config.checkpoint_every_steps = 9  # so that the checkpoint at step 6 is SIGTERM's
 
-    def run(workdir, stop_at=None):
-        labels = {}
-
-        def callback(step, state, batch):
-            labels[step] = np.asarray(batch["label"]).copy()
-            if step == stop_at:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-        state = train.train_and_evaluate(
-            config, str(workdir), evaluate_during_training=False, step_callback=callback
-        )
-        return jax.device_get(state), labels
-
-    straight, straight_labels = run(tmp_path / "straight")
-    interrupted, first_labels = run(tmp_path / "resumed", stop_at=10)
-    # SIGTERM at step 10: the loop saved that step and returned.
-    assert int(interrupted.step) == 10 and max(first_labels) == 10
-    assert (tmp_path / "resumed" / "checkpoints" / "10").is_dir()
-    resumed, second_labels = run(tmp_path / "resumed")
-    assert min(second_labels) == 11 and int(resumed.step) == 20
-    for step in range(1, 21):
-        labels = first_labels[step] if step <= 10 else second_labels[step]
+    straight, straight_labels = _run(config, tmp_path / "straight")
+    interrupted, first_labels = _run(config, tmp_path / "resumed", stop_at=6)
+    # SIGTERM at step 6: the loop saved that step and returned.
+    assert int(interrupted.step) == 6 and max(first_labels) == 6
+    assert (tmp_path / "resumed" / "checkpoints" / "6").is_dir()
+    resumed, second_labels = _run(config, tmp_path / "resumed")
+    assert min(second_labels) == 7 and int(resumed.step) == 12
+    for step in range(1, 13):
+        labels = first_labels[step] if step <= 6 else second_labels[step]
         np.testing.assert_array_equal(labels, straight_labels[step], err_msg=f"step {step}")
-    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(resumed.ema_params), jax.tree.leaves(straight.ema_params)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(resumed.opt_state), jax.tree.leaves(straight.opt_state)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    _assert_trees_close(resumed.params, straight.params)
+    _assert_trees_close(resumed.ema_params, straight.ema_params)
+    _assert_trees_close(resumed.opt_state, straight.opt_state)
     assert (tmp_path / "straight" / "metrics.jsonl").exists()
     assert (tmp_path / "straight" / "config.json").exists()
+
+    # A corrupt newest checkpoint (here: its arrays truncated, as by a crash mid-write):
+    # resume starts from the newest readable one and says which step it skipped.
+    newest = tmp_path / "straight" / "checkpoints" / "12"
+    for path in newest.rglob("*"):
+        if path.is_file() and "record" not in path.name and path.suffix != ".json":
+            path.write_bytes(b"")
+    config.num_train_steps = 13
+    with caplog.at_level(logging.WARNING):
+        again, again_labels = _run(config, tmp_path / "straight")
+    assert "Checkpoint step 12" in caplog.text and "unreadable" in caplog.text
+    assert min(again_labels) == 10 and int(again.step) == 13
+
+
+def test_second_run_on_a_busy_workdir_is_refused(tmp_path):
+    with checkpoints.WorkdirLock(tmp_path):
+        with pytest.raises(checkpoints.WorkdirBusyError, match=str(tmp_path)):
+            with checkpoints.WorkdirLock(tmp_path):
+                pass
+    with checkpoints.WorkdirLock(tmp_path):  # released: usable again
+        pass
+
+
+# --- command-line errors: one line, no traceback --------------------------------------------
 
 
 def run_main(*args, timeout=120):
@@ -209,16 +255,18 @@ def run_main(*args, timeout=120):
 
 
 @pytest.mark.parametrize(
-    "override, name",
+    "override, message",
     [
-        ("--config.optim.lr_bakbone=1e-3", "lr_bakbone"),
-        ("--config.model.head.anchorz=3", "anchorz"),
+        ("--config.optim.lr_backbon=1e-3", "did you mean 'lr_backbone'"),
+        ("--config.model.head.num_anchorz=3", "did you mean 'num_anchors'"),
     ],
 )
-def test_unknown_config_keys_fail_with_their_name(tmp_path, override, name):
+def test_config_typos_fail_in_one_line_with_a_suggestion(tmp_path, override, message):
     result = run_main("--config", "configs/demo.py", "--workdir", str(tmp_path), override)
-    assert result.returncode != 0
-    assert name in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_unprepared_dataset_fails_fast_with_instructions(tmp_path):
@@ -231,4 +279,19 @@ def test_unprepared_dataset_fails_fast_with_instructions(tmp_path):
     )
     assert result.returncode == 2
     assert "python -m grefel_jax.data.prepare --dataset raf_db" in result.stderr
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_busy_workdir_fails_in_one_line(tiny_faces_config, tmp_path):
+    with checkpoints.WorkdirLock(tmp_path / "run"):
+        result = run_main(
+            "--config",
+            "configs/demo.py",
+            "--workdir",
+            str(tmp_path / "run"),
+            "--config.data.builder_config=tiny_64",
+            f"--config.data.data_dir={tiny_faces_config.data_dir}",
+        )
+    assert result.returncode == 2
+    assert "already in use" in result.stderr and "Traceback" not in result.stderr

@@ -19,6 +19,7 @@ from grefel_jax.convert.common import (
 from grefel_jax.convert.ir50 import ir50_sources
 from grefel_jax.convert.mobilefacenet import mobilefacenet_sources
 from grefel_jax.convert.poster_v2 import poster_v2_num_classes, poster_v2_sources
+from grefel_jax.models import names
 
 KINDS = ("ir50", "mobilefacenet", "backbones", "poster_v2", "arbex")
 # Head preset used when --head is not given.
@@ -111,7 +112,7 @@ def build(
         config = make_model_config(variant, head, file_classes)
         modules = _top_modules(config)
         if config.head.kind != "poster":
-            modules.discard("head")
+            modules.discard(names.HEAD)
             extra_unused[r"^VIT\.head\."] = f"POSTER++ classifier; the '{head}' head is new"
     else:
         config, canonical, modules, explicit, allow_missing, extra_unused = _arbex_plan(
@@ -149,8 +150,8 @@ def convert(
     head: str | None = None,
     num_classes: int | None = None,
 ) -> Converted:
-    """`build` + `grefel_jax.checkpoint.save_inference_checkpoint(out, ...)`."""
-    from grefel_jax.checkpoint import save_inference_checkpoint
+    """`build` + `grefel_jax.checkpoints.save_inference_checkpoint(out, ...)`."""
+    from grefel_jax.checkpoints import save_inference_checkpoint
 
     converted = build(kind, sources, variant=variant, head=head, num_classes=num_classes)
     save_inference_checkpoint(
@@ -162,15 +163,15 @@ def convert(
 def _backbone_sources(kind: str, state, file: str, config) -> tuple[str, dict]:
     """('ir_back' | 'face_landback', canonical sources) of one backbone file."""
     if kind == "ir50":
-        return "ir_back", ir50_sources(state, file, config.backbone.ir_units)
+        return names.IMAGE_BACKBONE, ir50_sources(state, file, config.backbone.ir_units)
     if kind == "mobilefacenet":
-        return "face_landback", mobilefacenet_sources(state, file)
+        return names.LANDMARK_NET, mobilefacenet_sources(state, file)
     try:
-        return "ir_back", ir50_sources(state, file, config.backbone.ir_units)
+        return names.IMAGE_BACKBONE, ir50_sources(state, file, config.backbone.ir_units)
     except ConversionError:
         pass
     try:
-        return "face_landback", mobilefacenet_sources(state, file)
+        return names.LANDMARK_NET, mobilefacenet_sources(state, file)
     except ConversionError:
         raise wrong_kind(file, state, "IR-50 or MobileFaceNet") from None
 
@@ -185,8 +186,8 @@ def _check_classes(requested: int | None, found: int, file: str) -> None:
 
 
 def _arbex_plan(states, variant, head, num_classes):
+    from grefel_jax.convert.arbex_names import head_key_map
     from grefel_jax.models.config import make_model_config
-    from grefel_jax.models.heads import arbex_torch_key_map
 
     parts: dict[str, str] = {}
     for file, state in states.items():
@@ -221,11 +222,7 @@ def _arbex_plan(states, variant, head, num_classes):
     for part, file in parts.items():
         canonical.update(arbex_lib.arbex_sources(part, states[file], file))
     base = make_model_config(variant, head, c)
-    head_is_arbex = (
-        base.head.kind == "grefel"
-        and not base.head.reduction_dim
-        and (base.head.attention == "batch")
-    )
+    head_is_arbex = base.head.arbex_layout
     extra_unused: dict[str, str] = {}
     explicit = None
     allow_missing: tuple[str, ...] = ()
@@ -234,14 +231,14 @@ def _arbex_plan(states, variant, head, num_classes):
         config = make_model_config(variant, head, c, head_overrides=overrides)
         modules = _top_modules(config)
         explicit = {
-            key: (col, ("head", *path), transpose)
-            for key, (col, path, transpose) in arbex_torch_key_map(config.head).items()
+            key: (col, (names.HEAD, *path), transpose)
+            for key, (col, path, transpose) in head_key_map(config.head).items()
         }
         if "selfattn" not in parts:
             allow_missing = ("params/head/attention/",)
     else:
         config = base
-        modules = _top_modules(config) - {"head"}
+        modules = _top_modules(config) - {names.HEAD}
         why = (
             f"the '{head}' head differs from ARBEx's"
             if not head_is_arbex

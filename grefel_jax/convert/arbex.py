@@ -1,4 +1,4 @@
-"""ARBEx checkpoints -> our model with the `arbex_code` head (reference.md §6a).
+"""ARBEx checkpoints -> our model with the `arbex_code` head (docs/checkpoints.md §6a).
 
 ARBEx saves three plain state_dicts per best iteration:
 

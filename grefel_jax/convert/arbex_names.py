@@ -1,4 +1,5 @@
-"""ARBEx module names -> canonical POSTER++ names (reference.md §6a.8, state_dict_keys.md §D-F).
+"""ARBEx module names -> canonical POSTER++ names (docs/checkpoints.md §6a.8,
+docs/state_dict_keys.md §D-F).
 
 ARBEx re-implements POSTER++ with renamed modules. These rules rename the keys of its
 `vit.best.NNNN.pth` (and of ARBEx-named IR-50 / MobileFaceNet files, given the `ir.` or
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 
 from grefel_jax.convert.common import Rule
+from grefel_jax.models.config import HeadConfig
 
 _CONV_BLOCK = ("conv", "bn", "prelu")  # ConvBlock.net.{0,1,2}
 _DEPTH_WISE = ("conv", "conv_dw", "project")  # DepthWise.net.{0,1,2}
@@ -74,3 +76,64 @@ ARBEX_RULES: tuple[Rule, ...] = (
     (r"^embs\.2\.proj\.", "embed_v.proj."),
     (r"^vit\.", "VIT."),
 )
+
+
+# The official ARBEx head in this GReFELHead's variables:
+#
+#   classifier.net.{4i}.weight/bias      -> params classifier/fc{i}/kernel (transposed)/bias
+#   classifier.net.{4i+2}.weight/bias    -> params classifier/bn{i}/scale/bias
+#   classifier.net.{4i+2}.running_mean/var -> batch_stats classifier/bn{i}/mean/var
+#   classifier.net.{4n}.weight/bias      -> params classifier/fc{n}/kernel (T)/bias  (n hidden)
+#   anchors.anchors                      -> params anchors
+#   selfattn.{Q,K,V}.weight/bias         -> params attention/{Q,K,V}/kernel (T)/bias
+#   selfattn.attn_fn.in_proj_weight      -> params attention/attn_fn/in_proj/kernel (transposed:
+#                                           (3C, C) -> (C, 3C); columns [0:C] = q, [C:2C] = k,
+#                                           [2C:3C] = v, the row blocks of PyTorch's weight)
+#   selfattn.attn_fn.in_proj_bias        -> params attention/attn_fn/in_proj/bias
+#   selfattn.attn_fn.out_proj.weight/bias -> params attention/attn_fn/out_proj/kernel (T)/bias
+#
+# (`num_batches_tracked` has no counterpart; ARBEx never saves `selfattn.*`, docs/checkpoints.md.)
+
+
+def head_key_map(config: HeadConfig) -> dict[str, tuple[str, tuple[str, ...], bool]]:
+    """Where each official ARBEx head tensor goes in this GReFELHead's variables.
+
+    Args:
+      config: a HeadConfig with reduction_dim None/0 and attention='batch' (the `arbex_code`
+        preset): ARBEx has neither a reduction layer nor per-sample attention.
+
+    Returns:
+      {torch key: (collection, flax path, transpose)} for the keys of reference
+      docs/state_dict_keys.md §F with prefixes `classifier.`, `anchors.`, `selfattn.`; `transpose`
+      says the 2-D tensor must be transposed (Linear weight -> Dense kernel).
+      `num_batches_tracked` is omitted (no counterpart).
+    """
+    if not config.arbex_layout:
+        raise ValueError(
+            "head_key_map: the ARBEx head has no reduction and batch attention; need "
+            "model.head.kind='grefel', reduction_dim=None and attention='batch' (preset "
+            f"'arbex_code'), got kind={config.kind!r}, reduction_dim={config.reduction_dim}, "
+            f"attention={config.attention!r}."
+        )
+    mapping: dict[str, tuple[str, tuple[str, ...], bool]] = {}
+    n = len(config.mlp_hidden)
+    for i in range(n + 1):
+        fc = f"classifier.net.{4 * i}"
+        mapping[f"{fc}.weight"] = ("params", ("classifier", f"fc{i}", "kernel"), True)
+        mapping[f"{fc}.bias"] = ("params", ("classifier", f"fc{i}", "bias"), False)
+        if i < n:
+            bn = f"classifier.net.{4 * i + 2}"
+            mapping[f"{bn}.weight"] = ("params", ("classifier", f"bn{i}", "scale"), False)
+            mapping[f"{bn}.bias"] = ("params", ("classifier", f"bn{i}", "bias"), False)
+            mapping[f"{bn}.running_mean"] = ("batch_stats", ("classifier", f"bn{i}", "mean"), False)
+            mapping[f"{bn}.running_var"] = ("batch_stats", ("classifier", f"bn{i}", "var"), False)
+    mapping["anchors.anchors"] = ("params", ("anchors",), False)
+    for name in ("Q", "K", "V"):
+        mapping[f"selfattn.{name}.weight"] = ("params", ("attention", name, "kernel"), True)
+        mapping[f"selfattn.{name}.bias"] = ("params", ("attention", name, "bias"), False)
+    attn = ("attention", "attn_fn")
+    mapping["selfattn.attn_fn.in_proj_weight"] = ("params", (*attn, "in_proj", "kernel"), True)
+    mapping["selfattn.attn_fn.in_proj_bias"] = ("params", (*attn, "in_proj", "bias"), False)
+    mapping["selfattn.attn_fn.out_proj.weight"] = ("params", (*attn, "out_proj", "kernel"), True)
+    mapping["selfattn.attn_fn.out_proj.bias"] = ("params", (*attn, "out_proj", "bias"), False)
+    return mapping

@@ -1,9 +1,9 @@
 """Shared machinery of the converters: state_dict extraction, name mapping, strict filling.
 
 Every converter first renames its source keys to **canonical names**: the PyTorch names of
-the POSTER++ model (state_dict_keys.md §A, without `module.`), e.g.
+the POSTER++ model (docs/state_dict_keys.md §A, without `module.`), e.g.
 `ir_back.body2.0.res_layer.1.weight`. `fill_variables` then maps each canonical name to our
-Flax variables (reference.md §6c):
+Flax variables (docs/checkpoints.md §6c):
 
   `a.N.b`                  -> module path `a_N/b` (`VIT.blocks.0` -> `VIT/blocks_0`)
   `embed_q.N` / `embed_k.N` -> `embed_q/conv_N` / `embed_k/conv_N`
@@ -172,7 +172,7 @@ unflatten = traverse_util.unflatten_dict
 
 def expected_shapes(model_config) -> dict[FlatKey, tuple[int, ...]]:
     """`{(collection, path): shape}` of every variable of the model (no compute)."""
-    from grefel_jax.checkpoint import expected_variable_shapes
+    from grefel_jax.checkpoints import expected_variable_shapes
 
     shapes = expected_variable_shapes(model_config)
     out = {}

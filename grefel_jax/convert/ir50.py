@@ -1,4 +1,4 @@
-"""IR-50 backbone checkpoints -> the `ir_back` module (reference.md §6b).
+"""IR-50 backbone checkpoints -> the `ir_back` module (docs/checkpoints.md §6b).
 
 Accepted namings:
 * face.evoLVe / POSTER V1 `ir50.pth`: `input_layer.*`, `body.N.*`, `output_layer.*`. Units

@@ -1,4 +1,4 @@
-"""MobileFaceNet landmark checkpoints -> the `face_landback` module (reference.md §6b).
+"""MobileFaceNet landmark checkpoints -> the `face_landback` module (docs/checkpoints.md §6b).
 
 `mobilefacenet_model_best.pth.tar` of pytorch_face_landmark holds its weights under
 `state_dict` (POSTER++ loads them strictly); the GDC landmark head `output_layer.*` is dropped

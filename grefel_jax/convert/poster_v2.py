@@ -1,7 +1,7 @@
 """Fine-tuned POSTER++ checkpoints (RAF-DB, AffectNet-7/8, CAER-S) -> the whole model.
 
 The released files are `torch.save({'epoch', 'state_dict', 'best_acc', 'recorder1',
-'recorder'})` with `module.`-prefixed keys (reference.md §6b); `read_state_dict` strips the
+'recorder'})` with `module.`-prefixed keys (docs/checkpoints.md §6b); `read_state_dict` strips the
 prefix and the safe loader replaces the recorder objects by inert stubs. The keys are already
 canonical. Dead parameters (`VIT.patch_embed`, `VIT.eca_block`, `VIT.CON1`, `VIT.IRLinear*`,
 `VIT.blocks.i.conv`, both `output_layer`s) are dropped; relative position indices are

@@ -1,7 +1,7 @@
-"""Image preprocessing and training augmentation on numpy arrays (run inside grain workers).
+"""Training augmentation on numpy arrays (runs in grain's read thread or worker processes).
 
-Resizing uses PIL bilinear, as torchvision's `Resize` on PIL images in the official code, so
-that converted checkpoints see the same pixels at evaluation.
+Resizing and normalization are `grefel_jax.preprocess`'s, the ones evaluation and prediction
+use, so the only difference between a training and an evaluation input is the augmentation.
 """
 
 from __future__ import annotations
@@ -10,17 +10,8 @@ import math
 
 import cv2
 import numpy as np
-from PIL import Image
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (height, width, 3) uint8, PIL bilinear (antialiased when shrinking)."""
-    if image.shape[0] == height and image.shape[1] == width:
-        return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+from grefel_jax.preprocess import normalize, resize
 
 
 def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
@@ -31,31 +22,6 @@ def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
     else:
         new_h, new_w = max(size, int(size * h / w)), size
     return resize(image, new_h, new_w)
-
-
-def normalize(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> float32 with ImageNet mean/std."""
-    return (image.astype(np.float32) * np.float32(1 / 255.0) - IMAGENET_MEAN) / IMAGENET_STD
-
-
-def preprocess_eval_image(image: np.ndarray, image_size: int) -> np.ndarray:
-    """THE evaluation/prediction preprocessing: resize to S x S, ImageNet-normalize.
-
-    Args:
-      image: (H, W, 3) uint8 RGB face crop (grayscale (H, W) or (H, W, 1) is replicated).
-      image_size: S, the model's input side.
-
-    Returns:
-      (S, S, 3) float32.
-    """
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    if image.dtype != np.uint8:
-        raise TypeError(f"preprocess_eval_image expects uint8 RGB, got {image.dtype}.")
-    return normalize(resize(image, image_size, image_size))
 
 
 def _color_jitter(image: np.ndarray, rng, brightness, contrast, saturation) -> np.ndarray:

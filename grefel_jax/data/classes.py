@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# RAF-DB basic: labels 1..7 in list_patition_label.txt; index = label - 1 (reference.md §7).
+# RAF-DB basic: labels 1..7 in list_patition_label.txt; index = label - 1 (docs/datasets.md §7.1).
 RAF_DB = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
 # AffectNet expression codes 0..7 (8 None, 9 Uncertain, 10 No-Face are excluded).
 AFFECTNET_8 = (

@@ -23,7 +23,7 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.skip_corrupt = False
 
     # Augmentation (training only). Defaults follow the ARBEx official transform: resize the
-    # shorter side to int(1.1 * S), random crop S, horizontal flip (reference.md §4a), plus
+    # shorter side to int(1.1 * S), random crop S, horizontal flip (docs/training.md §4a), plus
     # RAF-DB's POSTER++ random erasing (§4b). Rotation and colour jitter are off by default.
     c.augment = ml_collections.ConfigDict()
     c.augment.resize_crop = True
@@ -49,6 +49,6 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.sampler = "none"  # 'none' | 'inverse_frequency'
     c.shuffle_seed = 0
     c.num_workers = 0  # grain worker processes (0 = in the main process)
-    c.prefetch = 2  # per-worker output buffer, in batches
-    c.read_threads = 4  # grain read threads per worker
+    c.prefetch = 2  # batches prepared ahead of the step (per worker)
+    c.read_threads = 1  # threads preparing batches (more fight over the GIL on small hosts)
     return c

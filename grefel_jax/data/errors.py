@@ -17,3 +17,13 @@ class ManualDataMissingError(DataError, FileNotFoundError):
 
 class CorruptImageError(DataError, ValueError):
     """An image file could not be decoded; the message names the file."""
+
+
+class ManualDataFormatError(DataError, ValueError):
+    """A file of a manual release does not parse (bad row, repeated key, wrong encoding);
+    the message names the file, the line and what is wrong."""
+
+
+class BuildError(DataError):
+    """Building a dataset failed inside TFDS; the message keeps the real cause (TFDS's error
+    path can otherwise end in an unrelated `No module named 'tensorflow'`)."""

@@ -41,7 +41,7 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _uniforms(seed: int, index: int) -> tuple[float, float]:
+def uniforms(seed: int, index: int) -> tuple[float, float]:
     """Two independent U[0, 1) numbers determined by (seed, index)."""
     h = _splitmix64(_splitmix64(seed & _MASK64) ^ (index & _MASK64))
     h2 = _splitmix64(h)
@@ -101,7 +101,7 @@ class LabelNoise:
         """Noisy label of the record at `index` whose clean label is `label`."""
         if self.rate <= 0.0:
             return int(label)
-        u_flip, u_class = _uniforms(self.seed, int(index))
+        u_flip, u_class = uniforms(self.seed, int(index))
         if u_flip >= self.rate:
             return int(label)
         if self.kind == "symmetric":

@@ -1,33 +1,45 @@
 """Grain input pipelines over prepared TFDS ArrayRecord datasets.
 
-Training: seeded global shuffle, infinite repeat, per-host sharding (`ShardByJaxProcess`),
-decode, label noise, augmentation, ImageNet normalization, batching with drop-remainder,
-worker processes and prefetch. The iterator's `get_state`/`set_state` (grain's) is what orbax
-saves beside the model.
+The order of the training data is global: position `i` of the stream (i = 0, 1, 2, ...) is
+record `perm_e[i mod N]` of a split of N records, where `perm_e` is a seeded permutation of
+epoch `e = i // N` (or, with the inverse-frequency sampler, a seeded class-balanced draw).
+Global batch `t` is positions `t*B .. t*B + B - 1`; process `p` of `P` reads the `p`-th
+contiguous slice of `B / P` of them. So
 
-Evaluation: the split is padded to a multiple of the global batch with masked copies of
-record 0, so that every host runs the same number of full batches and every example counts
-exactly once (`mask` is False on padding).
+* every record is read exactly once per epoch, by exactly one process;
+* the global batch at step t is the same whatever the number of processes or devices, and
+  so is every augmentation draw, which is seeded by (seed, position);
+* the stream position is a function of the step: a resumed run rebuilds the iterator at its
+  step (`start_step`) and needs no saved iterator state, on any topology.
 
-Yielded batches are dicts of numpy arrays holding this host's share of the global batch:
+Per record: decode, label noise (a function of the record index, so every host and every resumed run agree), augmentation,
+ImageNet normalization. Batches are prepared ahead by grain's read thread (and worker
+processes if `num_workers > 0`) while the jitted step runs.
+
+Evaluation reads the split in record order, padded to a multiple of the global batch with
+masked copies of record 0, so every example counts exactly once (`mask` is False on padding).
+
+Yielded batches are dicts of numpy arrays holding this process's share of the global batch:
   image (b, S, S, 3) float32, label (b,) int32 (possibly noisy), clean_label (b,) int32,
-  and for evaluation mask (b,) bool.
+  record_key (b,) int32 (the record's index in its split; -1 on padding), and for evaluation
+  mask (b,) bool.
 """
 
 from __future__ import annotations
+
+import threading
 
 import grain
 import jax
 import numpy as np
 
 from grefel_jax.data import augment, noise, source
-from grefel_jax.data.augment import preprocess_eval_image  # noqa: F401  (public re-export)
 from grefel_jax.data.errors import DatasetNotPreparedError  # noqa: F401  (public re-export)
 from grefel_jax.data.source import DatasetInfo, class_weights, dataset_info  # noqa: F401
+from grefel_jax.preprocess import preprocess_eval_image
 
-# The inverse-frequency sampler draws from a virtual index space this many times the split,
-# so that each virtual epoch is a fresh class-balanced draw.
-_RESAMPLED_EPOCHS = 1000
+# Length of the (endless) training stream as a grain source: far more steps than any run.
+_STREAM_STEPS = 10**9
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -38,7 +50,8 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _per_host_batch(global_batch_size: int) -> int:
+def per_host_batch(global_batch_size: int) -> int:
+    """This process's share `b = B / P` of a global batch; raises if it does not divide."""
     processes = jax.process_count()
     if global_batch_size % processes:
         raise ValueError(
@@ -48,73 +61,157 @@ def _per_host_batch(global_batch_size: int) -> int:
     return global_batch_size // processes
 
 
-class _IndexedSource:
-    """Adds `record_key` (the record's index in its split) to every example."""
-
-    def __init__(self, base):
-        self._base = base
-
-    def __repr__(self) -> str:  # grain validates restored state against repr(source)
-        return f"_IndexedSource({self._base!r})"
-
-    def __len__(self) -> int:
-        return len(self._base)
-
-    def __getitem__(self, index: int):
-        example = dict(self._base[int(index)])
-        example["record_key"] = int(index)
-        return example
+def stream_seed(seed: int, shuffle_seed: int) -> int:
+    """The seed of the training order and augmentation: run seed mixed with the data seed."""
+    return (int(seed) * 1_000_003 + int(shuffle_seed)) % (1 << 31)
 
 
-class _ResampledSource:
-    """Virtual source of `len(weights) * epochs` draws; draw k is record `draw(k)`.
+class TrainOrder:
+    """Which record stands at each position of the training stream (see the module doc).
 
-    Draw k picks a class uniformly, then a record of that class uniformly, both from a hash of
-    (seed, k): inverse-frequency sampling that is deterministic, random-access and so
-    shuffled, sharded and checkpointed by grain like any source.
+    Args:
+      num_records: N, the size of the split.
+      seed: from `stream_seed`.
+      labels: (N,) labels of the split, only for `sampler='inverse_frequency'`: then
+        position i draws a class uniformly and a record of that class uniformly, both from a
+        hash of (seed, i), instead of walking a permutation.
+      sampler: 'none' or 'inverse_frequency'.
     """
 
-    def __init__(self, base, labels: np.ndarray, seed: int, epochs: int = _RESAMPLED_EPOCHS):
+    def __init__(self, num_records: int, seed: int, labels=None, sampler: str = "none"):
+        if sampler not in ("none", "inverse_frequency"):
+            raise ValueError(
+                f"config.data.sampler={sampler!r} must be 'none' or 'inverse_frequency'."
+            )
+        if num_records < 1:
+            raise ValueError("The training split is empty.")
+        self.num_records = int(num_records)
+        self.seed = int(seed)
+        self.sampler = sampler
+        self._by_class = None
+        if sampler == "inverse_frequency":
+            labels = np.asarray(labels)
+            self._by_class = [
+                np.flatnonzero(labels == c).astype(np.int64) for c in np.unique(labels)
+            ]
+        self._permutations: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self):  # picklable for worker processes (the lock is not)
+        state = dict(self.__dict__)
+        state["_lock"] = None
+        state["_permutations"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            perm = self._permutations.get(epoch)
+            if perm is None:
+                perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_records)
+                # Two epochs are enough: a batch straddles at most one epoch boundary.
+                self._permutations = {e: p for e, p in self._permutations.items() if e == epoch - 1}
+                self._permutations[epoch] = perm
+            return perm
+
+    def record(self, position: int) -> int:
+        """The record index at stream position `position`."""
+        if self._by_class is not None:
+            u_class, u_member = noise.uniforms(self.seed ^ 0x5A5A5A5A, int(position))
+            members = self._by_class[int(u_class * len(self._by_class))]
+            return int(members[int(u_member * len(members))])
+        epoch, offset = divmod(int(position), self.num_records)
+        return int(self._permutation(epoch)[offset])
+
+
+class _HostTrainSource:
+    """Random-access source of this process's stream: item k -> the example at its position.
+
+    Item k of process p is position `(k // b) * B + p * b + k % b` (b = B / P).
+    """
+
+    def __init__(self, base, order: TrainOrder, global_batch: int, host_batch: int, process: int):
         self._base = base
-        self._seed = int(seed)
-        self._length = len(labels) * epochs
-        present = np.unique(labels)
-        self._by_class = [np.flatnonzero(labels == c).astype(np.int64) for c in present]
+        self._order = order
+        self._global_batch = global_batch
+        self._host_batch = host_batch
+        self._process = process
 
     def __repr__(self) -> str:
-        return f"_ResampledSource({self._base!r}, seed={self._seed}, length={self._length})"
+        return (
+            f"_HostTrainSource({self._base!r}, seed={self._order.seed}, "
+            f"batch={self._global_batch}, process={self._process})"
+        )
 
     def __len__(self) -> int:
-        return self._length
+        return _STREAM_STEPS * self._host_batch
 
-    def record_index(self, k: int) -> int:
-        u_class, u_member = noise._uniforms(self._seed ^ 0x5A5A5A5A, int(k))
-        members = self._by_class[int(u_class * len(self._by_class))]
-        return int(members[int(u_member * len(members))])
+    def position(self, k: int) -> int:
+        step, j = divmod(int(k), self._host_batch)
+        return step * self._global_batch + self._process * self._host_batch + j
 
     def __getitem__(self, k: int):
-        index = self.record_index(k)
+        position = self.position(k)
+        index = self._order.record(position)
         example = dict(self._base[index])
         example["record_key"] = index
+        example["position"] = position
         return example
 
 
-class _PaddedSource:
-    """Pads a source to `length` with masked copies of record 0; adds `mask`."""
+class _TrainMap(grain.transforms.Map):
+    """Example -> {image (S,S,3) f32, label i32 (noisy), clean_label i32, record_key i32}.
 
-    def __init__(self, base, length: int):
+    The augmentation draws come from a generator seeded by (seed, stream position), so they
+    do not depend on how the stream is split over processes or workers.
+    """
+
+    def __init__(self, image_size: int, aug, label_noise: noise.LabelNoise, seed: int):
+        self._image_size = image_size
+        self._aug = aug
+        self._noise = label_noise
+        self._seed = seed
+
+    def map(self, example):
+        clean = int(example["label"])
+        rng = np.random.default_rng([self._seed, 1, int(example["position"])])
+        return {
+            "image": augment.augment_train_image(
+                example["image"], self._image_size, self._aug, rng
+            ),
+            "label": np.int32(self._noise(example["record_key"], clean)),
+            "clean_label": np.int32(clean),
+            "record_key": np.int32(example["record_key"]),
+        }
+
+
+class _HostEvalSource:
+    """This process's share of a split padded to a multiple of the global batch.
+
+    Item k is padded position `(k // b) * B + p * b + k % b`; positions past the split are
+    masked copies of record 0.
+    """
+
+    def __init__(self, base, padded: int, global_batch: int, host_batch: int, process: int):
         self._base = base
         self._n = len(base)
-        self._length = length
+        self._padded = padded
+        self._global_batch = global_batch
+        self._host_batch = host_batch
+        self._process = process
 
     def __repr__(self) -> str:
-        return f"_PaddedSource({self._base!r}, length={self._length})"
+        return f"_HostEvalSource({self._base!r}, padded={self._padded}, process={self._process})"
 
     def __len__(self) -> int:
-        return self._length
+        return self._padded // self._global_batch * self._host_batch
 
-    def __getitem__(self, index: int):
-        index = int(index)
+    def __getitem__(self, k: int):
+        step, j = divmod(int(k), self._host_batch)
+        index = step * self._global_batch + self._process * self._host_batch + j
         real = index < self._n
         example = dict(self._base[index if real else 0])
         example["record_key"] = index if real else -1
@@ -122,27 +219,8 @@ class _PaddedSource:
         return example
 
 
-class _TrainMap(grain.transforms.RandomMap):
-    """Example -> {image (S,S,3) f32, label i32 (noisy), clean_label i32}."""
-
-    def __init__(self, image_size: int, aug, label_noise: noise.LabelNoise):
-        self._image_size = image_size
-        self._aug = aug
-        self._noise = label_noise
-
-    def random_map(self, example, rng: np.random.Generator):
-        clean = int(example["label"])
-        return {
-            "image": augment.augment_train_image(
-                example["image"], self._image_size, self._aug, rng
-            ),
-            "label": np.int32(self._noise(example["record_key"], clean)),
-            "clean_label": np.int32(clean),
-        }
-
-
 class _EvalMap(grain.transforms.Map):
-    """Example -> {image (S,S,3) f32, label, clean_label, mask bool}."""
+    """Example -> {image (S,S,3) f32, label, clean_label, record_key, mask bool}."""
 
     def __init__(self, image_size: int):
         self._image_size = image_size
@@ -153,12 +231,9 @@ class _EvalMap(grain.transforms.Map):
             "image": preprocess_eval_image(example["image"], self._image_size),
             "label": label,
             "clean_label": label,
+            "record_key": np.int32(example["record_key"]),
             "mask": np.bool_(example["mask"]),
         }
-
-
-def _read_options(data_config) -> grain.ReadOptions:
-    return grain.ReadOptions(num_threads=int(data_config.get("read_threads", 4)))
 
 
 def _frozen_aug(aug_config):
@@ -168,18 +243,45 @@ def _frozen_aug(aug_config):
     return types.SimpleNamespace(**{key: aug_config[key] for key in aug_config.keys()})
 
 
-def make_train_iterator(data_config, *, image_size: int, global_batch_size: int, seed: int):
-    """Infinite, shuffled, augmented training batches for this host.
+def _iterate(dataset: grain.MapDataset, data_config):
+    """Batches of `dataset` prepared ahead: grain's read thread(s), optionally processes.
+
+    One read thread computes whole batches ahead of the loop (`prefetch` of them); more
+    threads fight over the GIL on small machines (4 threads were 3x slower than 1 on 2
+    cores). `num_workers > 0` moves the work into processes.
+    """
+    options = grain.ReadOptions(
+        num_threads=int(data_config.get("read_threads", 1)),
+        prefetch_buffer_size=max(1, int(data_config.prefetch)),
+    )
+    stream = dataset.to_iter_dataset(options)
+    workers = int(data_config.num_workers)
+    if workers > 0:
+        _ensure_absl_flags_parsed()
+        stream = stream.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=workers, per_worker_buffer_size=max(1, int(data_config.prefetch))
+            )
+        )
+    return iter(stream)
+
+
+def make_train_iterator(
+    data_config, *, image_size: int, global_batch_size: int, seed: int, start_step: int = 0
+):
+    """Endless, shuffled, augmented training batches for this process, from `start_step`.
 
     Args:
       data_config: `config.data` (see grefel_jax.data.config.get_data_config).
       image_size: S, the model's input side.
-      global_batch_size: batch over all hosts; this host yields global // process_count.
-      seed: run seed; combined with `data_config.shuffle_seed` for shuffling and augmentation.
+      global_batch_size: B over all processes; this process yields B / P examples per batch.
+      seed: run seed; combined with `data_config.shuffle_seed` for the order and the
+        augmentation.
+      start_step: the first batch is global batch `start_step` of the stream (resume).
 
     Returns:
-      grain DataLoader iterator (supports get_state/set_state) of dicts:
-        image (b, S, S, 3) float32, label (b,) int32, clean_label (b,) int32.
+      iterator of dicts: image (b, S, S, 3) float32, label (b,) int32, clean_label (b,)
+      int32, record_key (b,) int32.
 
     Raises:
       DatasetNotPreparedError: with the command that prepares the dataset.
@@ -187,77 +289,42 @@ def make_train_iterator(data_config, *, image_size: int, global_batch_size: int,
     info = dataset_info(data_config)
     split = data_config.train_split
     base = source.data_source(data_config, split)
+    sampler = data_config.get("sampler", "none")
+    labels = source.split_labels(data_config, split) if sampler == "inverse_frequency" else None
+    the_seed = stream_seed(seed, data_config.shuffle_seed)
+    order = TrainOrder(len(base), the_seed, labels, sampler)
+    host_batch = per_host_batch(global_batch_size)
+    records = _HostTrainSource(base, order, global_batch_size, host_batch, jax.process_index())
     label_noise = noise.from_config(data_config.label_noise, info.class_names)
-    sampler_kind = data_config.get("sampler", "none")
-    sample_seed = (int(seed) * 1_000_003 + int(data_config.shuffle_seed)) % (1 << 31)
-    if sampler_kind == "inverse_frequency":
-        records = _ResampledSource(base, source.split_labels(data_config, split), sample_seed)
-    elif sampler_kind == "none":
-        records = _IndexedSource(base)
-    else:
-        raise ValueError(
-            f"config.data.sampler={sampler_kind!r} must be 'none' or 'inverse_frequency'."
-        )
-    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(records),
-        shard_options=shard,
-        shuffle=True,
-        num_epochs=None,
-        seed=sample_seed,
+    dataset = (
+        grain.MapDataset.source(records)[int(start_step) * host_batch :]
+        .map(_TrainMap(image_size, _frozen_aug(data_config.augment), label_noise, the_seed))
+        .batch(host_batch, drop_remainder=True)
     )
-    operations = [
-        _TrainMap(image_size, _frozen_aug(data_config.augment), label_noise),
-        grain.transforms.Batch(_per_host_batch(global_batch_size), drop_remainder=True),
-    ]
-    workers = int(data_config.num_workers)
-    if workers > 0:
-        _ensure_absl_flags_parsed()
-    loader = grain.DataLoader(
-        data_source=records,
-        sampler=sampler,
-        operations=operations,
-        worker_count=workers,
-        worker_buffer_size=int(data_config.prefetch),
-        shard_options=shard,
-        read_options=_read_options(data_config),
-    )
-    return iter(loader)
+    return _iterate(dataset, data_config)
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
-    """Batches per host for an evaluation pass over `num_examples` (last one padded)."""
+    """Batches per process for an evaluation pass over `num_examples` (last one padded)."""
     return -(-num_examples // global_batch_size)
 
 
 def make_eval_iterator(data_config, split: str, *, image_size: int, global_batch_size: int):
-    """One pass over `split` in order, padded so every example counts exactly once.
+    """One pass over `split` in record order, padded so every example counts exactly once.
 
     Returns:
-      iterator of dicts: image (b, S, S, 3) float32, label (b,) int32, clean_label (b,) int32,
-      mask (b,) bool (False on padding). Every host yields
-      `num_eval_batches(len(split), global_batch_size)` full batches.
+      iterator of dicts: image (b, S, S, 3) float32, label (b,) int32, clean_label (b,)
+      int32, record_key (b,) int32 (-1 on padding), mask (b,) bool (False on padding).
+      Every process yields `num_eval_batches(len(split), global_batch_size)` batches; global
+      batch g holds records g*B .. g*B + B - 1.
     """
     base = source.data_source(data_config, split)
+    host_batch = per_host_batch(global_batch_size)
     padded = num_eval_batches(len(base), global_batch_size) * global_batch_size
-    records = _PaddedSource(base, padded)
-    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    sampler = grain.samplers.IndexSampler(
-        num_records=padded, shard_options=shard, shuffle=False, num_epochs=1
+    records = _HostEvalSource(base, padded, global_batch_size, host_batch, jax.process_index())
+    dataset = (
+        grain.MapDataset.source(records)
+        .map(_EvalMap(image_size))
+        .batch(host_batch, drop_remainder=False)
     )
-    workers = int(data_config.num_workers)
-    if workers > 0:
-        _ensure_absl_flags_parsed()
-    loader = grain.DataLoader(
-        data_source=records,
-        sampler=sampler,
-        operations=[
-            _EvalMap(image_size),
-            grain.transforms.Batch(_per_host_batch(global_batch_size), drop_remainder=False),
-        ],
-        worker_count=workers,
-        worker_buffer_size=int(data_config.prefetch),
-        shard_options=shard,
-        read_options=_read_options(data_config),
-    )
-    return iter(loader)
+    return _iterate(dataset, data_config)

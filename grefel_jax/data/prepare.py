@@ -93,7 +93,12 @@ def prepare(
         ),
     )
     start = time.time()
-    builder.download_and_prepare(download_config=download_config)
+    try:
+        builder.download_and_prepare(download_config=download_config)
+    except errors.DataError:
+        raise
+    except Exception as e:
+        raise errors.BuildError(_build_failure(name, e)) from e
     seconds = time.time() - start
 
     data_config = ml_collections.ConfigDict(
@@ -119,6 +124,26 @@ def prepare(
     if verbose:
         print(format_summary(info, summary))
     return summary
+
+
+def _build_failure(name: str, error: BaseException) -> str:
+    """The message of a failed TFDS build, naming its real cause.
+
+    TFDS formats some of its errors (e.g. DuplicatedKeysError) through TensorFlow; without
+    TensorFlow installed that ends in `No module named 'tensorflow'`, with the real error as
+    the exception's context. Walk the chain to the first error that is not that import.
+    """
+    chain, seen = [], set()
+    current = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    real = [e for e in chain if not (isinstance(e, ImportError) and "tensorflow" in str(e).lower())]
+    cause = real[0] if real else error
+    if isinstance(cause, errors.DataError):
+        return str(cause)
+    return f"building {name} failed: {type(cause).__name__}: {cause}"
 
 
 def format_summary(info, summary: dict) -> str:

@@ -4,7 +4,7 @@ The models are trained on face crops (RAF-DB's aligned 100x100 faces, AffectNet'
 so a whole webcam frame resized to the model input is far outside the training distribution:
 that is the usual cause of "every prediction is neutral/happy". Prediction therefore detects
 the face, crops a square around it with some context, and only then applies the evaluation
-preprocessing (`grefel_jax.data.augment.preprocess_eval_image`).
+preprocessing (`grefel_jax.preprocess.preprocess_eval_image`).
 
 Boxes are `(x, y, width, height)` in pixels of the upright image (after EXIF rotation).
 """

@@ -7,7 +7,7 @@
 
 The path from pixels to model input is the evaluation pipeline's: decode to upright uint8 RGB
 (`inference.images`), crop the face (`inference.faces`), then
-`grefel_jax.data.pipeline.preprocess_eval_image` (resize + ImageNet normalization), the very
+`grefel_jax.preprocess.preprocess_eval_image` (resize + ImageNet normalization), the very
 function the evaluation pipeline maps over its records.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -26,10 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grefel_jax.data.pipeline import preprocess_eval_image
+from grefel_jax import settings
 from grefel_jax.inference import faces as faces_lib
 from grefel_jax.inference import images as images_lib
-from grefel_jax.models import GReFEL, ModelConfig
+from grefel_jax.models import GReFEL, ModelConfig, names
+from grefel_jax.preprocess import preprocess_eval_image
 
 # Model outputs prediction reads; the grefel head adds the last two.
 _OUTPUT_KEYS = (
@@ -161,7 +161,7 @@ class Predictor:
             raise ValueError(f"batch_size={batch_size} must be >= 1.")
         if margin < 0:
             raise ValueError(f"margin={margin} must be >= 0.")
-        missing = [m for m in ("face_landback", "ir_back", "head") if m not in variables["params"]]
+        missing = [m for m in names.REQUIRED_FOR_PREDICTION if m not in variables["params"]]
         if missing:
             raise ValueError(
                 f"The checkpoint lacks modules {missing}: a partial (backbone-only) checkpoint "
@@ -175,9 +175,9 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.metadata = dict(metadata or {})
         self.image_size = model_config.backbone.image_size
-        self._model = GReFEL(config=model_config, dtype=compute_dtype)
+        self._model = settings.make_model(model_config, compute_dtype)
         head = model_config.head
-        self._pad_batches = not (head.kind == "grefel" and head.attention == "batch")
+        self._pad_batches = not head.batch_dependent
         # On device once, not once per batch.
         self._variables = jax.device_put(
             {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
@@ -197,14 +197,14 @@ class Predictor:
         """Loads a training workdir, a step directory or an inference checkpoint.
 
         Args:
-          path: anything `grefel_jax.checkpoint.load_inference_checkpoint` reads (converted
+          path: anything `grefel_jax.checkpoints.load_inference_checkpoint` reads (converted
             POSTER++ / ARBEx checkpoints included).
           class_names: the C class names, overriding what the checkpoint says.
           dataset: a dataset key of `grefel_jax.data.classes` ('raf_db', 'affectnet/8') whose
             class names to use, overriding the checkpoint.
           **kwargs: the other Predictor arguments (detect, margin, batch_size, ...).
         """
-        from grefel_jax.checkpoint import load_inference_checkpoint
+        from grefel_jax.checkpoints import load_inference_checkpoint
 
         # orbax and tfds log routine notes through absl (read-only manager, dataset info).
         with _quiet_absl_logging():
@@ -391,10 +391,9 @@ def resolve_class_names(
     """The class names of a checkpoint, from the most to the least explicit source.
 
     1. `class_names`, then `dataset` (a `grefel_jax.data.classes` key), given by the caller;
-    2. `metadata['class_names']`, then `metadata['dataset']` (+ `metadata['dataset_config']`);
-    3. the `data` section of the training workdir's `config.json` (for a workdir or one of its
-       step directories);
-    4. otherwise `class_0 ... class_{C-1}`, with a warning: converted POSTER++ / ARBEx files
+    2. the checkpoint's ModelRecord: `metadata['class_names']` (saved with every training
+       checkpoint), else the names of `metadata['dataset']`;
+    3. otherwise `class_0 ... class_{C-1}`, with a warning: converted POSTER++ / ARBEx files
        do not record their dataset, pass `dataset=` (CLI `--dataset raf_db`).
 
     Raises:
@@ -409,13 +408,10 @@ def resolve_class_names(
     elif dataset:
         found, where = classes.class_names(dataset), f"dataset={dataset!r}"
     elif metadata.get("class_names"):
-        found, where = tuple(metadata["class_names"]), "checkpoint metadata class_names"
+        found, where = tuple(metadata["class_names"]), "the checkpoint's class_names"
     elif metadata.get("dataset"):
-        name = metadata["dataset"]
-        found = classes.class_names(name, metadata.get("dataset_config"))
-        where = f"checkpoint metadata dataset={name!r}"
-    elif checkpoint is not None:
-        found, where = _workdir_class_names(checkpoint)
+        found = classes.class_names(metadata["dataset"], metadata.get("dataset_config"))
+        where = f"the checkpoint's dataset {metadata['dataset']!r}"
     if found is None:
         logging.warning(
             "%s does not say which dataset its %d classes are (converted checkpoints do not): "
@@ -431,40 +427,3 @@ def resolve_class_names(
             f"{where} gives {len(found)} classes {list(found)}, but the model has {num_classes}."
         )
     return tuple(str(n) for n in found)
-
-
-def _workdir_class_names(checkpoint: str) -> tuple[tuple[str, ...] | None, str]:
-    """Class names from `config.json` of a workdir (or the workdir of a step directory)."""
-    from grefel_jax.data import classes
-
-    path = os.path.abspath(checkpoint)
-    # WORKDIR, WORKDIR/checkpoints/<step>.
-    for candidate in (path, os.path.dirname(os.path.dirname(path))):
-        config_file = os.path.join(candidate, "config.json")
-        if not os.path.isfile(config_file):
-            continue
-        try:
-            with open(config_file) as f:
-                data = json.load(f).get("data", {})
-        except (OSError, ValueError, AttributeError):
-            continue
-        names = _prepared_class_names(data)  # Exact for user datasets (image_folder).
-        if names is None:
-            try:
-                names = classes.class_names(data["name"], data.get("builder_config"))
-            except (KeyError, TypeError):
-                continue
-        return names, config_file
-    return None, ""
-
-
-def _prepared_class_names(data: Mapping[str, Any]) -> tuple[str, ...] | None:
-    """Class names of the prepared dataset a workdir trained on, if it is still on disk."""
-    try:
-        import ml_collections
-
-        from grefel_jax.data import source
-
-        return source.dataset_info(ml_collections.ConfigDict(dict(data))).class_names
-    except Exception:  # noqa: BLE001  Not prepared here, moved, or unreadable: fall back.
-        return None

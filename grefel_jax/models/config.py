@@ -8,13 +8,18 @@ official code hard-codes is a field here, with the official value as the `paper`
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
+
+# POSTER++'s ViT: Linear weights trunc-normal(std 0.01) at width 768 (`_init_vit_weights`).
+OFFICIAL_VIT_INIT_STD = 0.01
+OFFICIAL_VIT_DIM = 768
 
 
 @dataclasses.dataclass(frozen=True)
 class BackboneConfig:
-    """Sizes of the POSTER++ feature extractor (reference.md §1).
+    """Sizes of the POSTER++ feature extractor (docs/model.md §1).
 
     Attributes:
       image_size: side of the square input image (224 in the paper). The backbones see
@@ -28,6 +33,10 @@ class BackboneConfig:
       layer_scale_init: initial value of the FFN layer-scale gammas (1e-5).
       vit_dim: ViT width (768). vit_depth: number of blocks (2). vit_heads: heads (8).
       vit_mlp_ratio: MLP hidden = ratio * vit_dim (4).
+      vit_init_std: std of the ViT's Linear weights. None (default) = the official 0.01 at
+        width 768, scaled by sqrt(768 / vit_dim) at other widths, so that every width starts
+        with the same signal through the blocks (docs/numerics.md); a number = that std at
+        any width (0.01 = the official constant, whatever the width).
       freeze_image_backbone: stop gradients into IR-50 (ARBEx); the landmark network is always
         frozen.
     """
@@ -43,6 +52,7 @@ class BackboneConfig:
     vit_depth: int = 2
     vit_heads: int = 8
     vit_mlp_ratio: int = 4
+    vit_init_std: float | None = None
     freeze_image_backbone: bool = False
 
     def __post_init__(self):
@@ -60,6 +70,13 @@ class BackboneConfig:
                 )
         if self.vit_dim % self.vit_heads:
             raise ValueError(f"model.vit_dim={self.vit_dim} not divisible by vit_heads.")
+
+    @property
+    def vit_dense_init_std(self) -> float:
+        """The ViT Linear init std in use (0.01 at the paper's width 768)."""
+        if self.vit_init_std is not None:
+            return float(self.vit_init_std)
+        return OFFICIAL_VIT_INIT_STD * math.sqrt(OFFICIAL_VIT_DIM / self.vit_dim)
 
     @property
     def internal_size(self) -> int:
@@ -85,6 +102,9 @@ class HeadConfig:
       mlp_hidden: hidden widths of the primary MLP (ARBEx: 384, 192, 96), each
         Linear -> ReLU -> BatchNorm -> Dropout.
       mlp_dropout: dropout rate in the primary MLP (0.5).
+      classifier_init: init of the MLP's last Linear: 'torch' (PyTorch's default, the
+        official code) or 'zeros' (GReFEL default here: from scratch, a randomly initialised
+        last layer behind dropout kept the tiny model at chance; docs/numerics.md).
       temperature: T in p = softmax(logits / T).
       num_anchors: K anchors per class.
       delta: δ in softmax(-distance / δ).
@@ -101,6 +121,7 @@ class HeadConfig:
     reduction_dim: int | None = 128
     mlp_hidden: tuple[int, ...] = (384, 192, 96)
     mlp_dropout: float = 0.5
+    classifier_init: Literal["torch", "zeros"] = "zeros"
     temperature: float = 1.0
     num_anchors: int = 10
     delta: float = 1.0
@@ -113,12 +134,29 @@ class HeadConfig:
     def __post_init__(self):
         if self.kind not in ("poster", "grefel"):
             raise ValueError(f"model.head.kind={self.kind!r}: expected 'poster' or 'grefel'.")
+        if self.classifier_init not in ("torch", "zeros"):
+            raise ValueError(
+                f"model.head.classifier_init={self.classifier_init!r}: 'torch' or 'zeros'."
+            )
+        if not 0.0 <= self.mlp_dropout < 1.0:
+            raise ValueError(f"model.head.mlp_dropout={self.mlp_dropout} must be in [0, 1).")
         if self.anchor_init not in ("normal", "zeros"):
             raise ValueError(f"model.head.anchor_init={self.anchor_init!r}: 'normal' or 'zeros'.")
         if self.attention not in ("per_sample", "batch"):
             raise ValueError(f"model.head.attention={self.attention!r}: 'per_sample' or 'batch'.")
         if self.num_classes < 2:
             raise ValueError(f"model.head.num_classes={self.num_classes} must be >= 2.")
+
+    @property
+    def batch_dependent(self) -> bool:
+        """True for ARBEx's attention across the batch: a sample's corrected output depends
+        on the other samples of its batch (padding a batch changes real results)."""
+        return self.kind == "grefel" and self.attention == "batch"
+
+    @property
+    def arbex_layout(self) -> bool:
+        """The parameter layout of the official ARBEx head: no reduction, batch attention."""
+        return self.batch_dependent and not self.reduction_dim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,8 +186,17 @@ TINY_BACKBONE = BackboneConfig(
 
 VARIANTS: dict[str, BackboneConfig] = {"paper": PAPER_BACKBONE, "tiny": TINY_BACKBONE}
 
-# Head presets. `grefel` is the default of DECISIONS.md §2; `arbex_code` reproduces the
-# official ARBEx code exactly; `poster` is POSTER++'s single Linear.
+# Head sizes per variant, applied before the head preset and the caller's overrides. `tiny`
+# keeps the head narrower than its 64-d ViT: a 32-d reduction, an MLP of 64 and 32 units,
+# per-sample attention over 4 tokens of 8 dims with 2 heads.
+HEAD_SIZES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "tiny": dict(reduction_dim=32, mlp_hidden=(64, 32), attention_tokens=4, attention_heads=2),
+}
+
+# Head presets. `grefel` is the default of docs/decisions.md; `arbex_code` reproduces the
+# official ARBEx code exactly; `poster` is POSTER++'s single Linear. The loss settings that go
+# with each preset are `losses.LOSS_PRESETS`.
 HEAD_PRESETS: dict[str, dict[str, Any]] = {
     "grefel": {},
     "arbex_code": dict(
@@ -158,6 +205,7 @@ HEAD_PRESETS: dict[str, dict[str, Any]] = {
         num_anchors=1,
         anchor_init="zeros",
         attention="batch",
+        classifier_init="torch",
     ),
     "poster": dict(kind="poster"),
 }
@@ -172,6 +220,9 @@ def make_model_config(
 ) -> ModelConfig:
     """Builds a ModelConfig from a variant name, a head preset and overrides.
 
+    Head fields come from, in order: the HeadConfig defaults, the variant's `HEAD_SIZES`,
+    the head preset, `num_classes`, then `head_overrides`.
+
     Args:
       variant: 'paper' or 'tiny'.
       head: 'grefel', 'arbex_code' or 'poster'.
@@ -182,24 +233,15 @@ def make_model_config(
     if variant not in VARIANTS:
         raise ValueError(f"model.variant={variant!r}: expected one of {sorted(VARIANTS)}.")
     if head not in HEAD_PRESETS:
-        raise ValueError(f"model.head={head!r}: expected one of {sorted(HEAD_PRESETS)}.")
+        raise ValueError(f"model.head_preset={head!r}: expected one of {sorted(HEAD_PRESETS)}.")
     backbone = _replace_checked(VARIANTS[variant], backbone_overrides or {}, "model.backbone")
-    head_fields = {"num_classes": num_classes, **HEAD_PRESETS[head], **(head_overrides or {})}
+    head_fields = {
+        **HEAD_SIZES[variant],
+        **HEAD_PRESETS[head],
+        "num_classes": num_classes,
+        **(head_overrides or {}),
+    }
     head_cfg = _replace_checked(HeadConfig(), head_fields, "model.head")
-    if variant == "tiny":
-        # Keep the head smaller than the tiny ViT width unless the caller chose sizes.
-        given = set(head_overrides or {})
-        small = {}
-        if head_cfg.reduction_dim and "reduction_dim" not in given:
-            small["reduction_dim"] = 32
-        if "mlp_hidden" not in given:
-            small["mlp_hidden"] = (64, 32)
-        # 32-d head embedding: 4 tokens of 8 dims, 2 heads of 4 dims each.
-        if "attention_tokens" not in given:
-            small["attention_tokens"] = 4
-        if "attention_heads" not in given:
-            small["attention_heads"] = 2
-        head_cfg = dataclasses.replace(head_cfg, **small)
     return ModelConfig(backbone=backbone, head=head_cfg)
 
 

@@ -1,4 +1,4 @@
-"""Multi-scale fusion of the three attended maps into one token sequence (reference.md §1d).
+"""Multi-scale fusion of the three attended maps into one token sequence (docs/model.md §1d).
 
 Each scale is brought to the coarsest map (S/16, 7x7 in the paper) and the ViT width:
 scale 1 by two stride-2 3x3 convs (`embed_q`), scale 2 by one (`embed_k`), scale 3 by a 1x1

@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from grefel_jax.models import names
 from grefel_jax.models.config import ModelConfig
 from grefel_jax.models.fusion import EmbedK, EmbedQ, EmbedV, fuse_tokens
-from grefel_jax.models.heads import GReFELHead, PosterHead
+from grefel_jax.models.heads import make_head
 from grefel_jax.models.ir50 import IR50
 from grefel_jax.models.layers import Dtype, conv, subsample_by_two
 from grefel_jax.models.mobilefacenet import MobileFaceNet
@@ -70,14 +71,16 @@ class GReFEL(nn.Module):
         dt = self.dtype
         x = subsample_by_two(images.astype(dt))
 
-        # Landmark branch: frozen, stored BN statistics, no gradient (DECISIONS.md §2).
-        face1, face2, face3 = MobileFaceNet(cfg.dims[0], cfg.mfn_units, dt, name="face_landback")(x)
+        # Landmark branch: frozen, stored BN statistics, no gradient (docs/decisions.md).
+        landmark_net = MobileFaceNet(cfg.dims[0], cfg.mfn_units, dt, name=names.LANDMARK_NET)
+        face1, face2, face3 = landmark_net(x)
         face1, face2, face3 = (jax.lax.stop_gradient(f) for f in (face1, face2, face3))
         face3 = conv(cfg.dims[2], 3, 1, 1, use_bias=True, name="last_face_conv", dtype=dt)(face3)
 
         # Image branch: IR-50, trainable unless frozen (then also on stored BN statistics).
         frozen_ir = cfg.freeze_image_backbone
-        irs = IR50(cfg.dims, cfg.ir_units, dt, name="ir_back")(x, train and not frozen_ir)
+        image_net = IR50(cfg.dims, cfg.ir_units, dt, name=names.IMAGE_BACKBONE)
+        irs = image_net(x, train and not frozen_ir)
         if frozen_ir:
             irs = tuple(jax.lax.stop_gradient(f) for f in irs)
 
@@ -108,6 +111,7 @@ class GReFEL(nn.Module):
             depth=cfg.vit_depth,
             num_heads=cfg.vit_heads,
             mlp_ratio=cfg.vit_mlp_ratio,
+            init_std=cfg.vit_dense_init_std,
             dtype=dt,
             name="VIT",
         )(tokens)
@@ -115,8 +119,7 @@ class GReFEL(nn.Module):
         embedding = embedding.astype(jnp.float32)
         if features_only:
             return {"embedding": embedding}
-        head_cls = PosterHead if self.config.head.kind == "poster" else GReFELHead
-        outputs = dict(head_cls(self.config.head, name="head")(embedding, train=train))
+        outputs = dict(make_head(self.config.head, name=names.HEAD)(embedding, train=train))
         outputs["embedding"] = embedding
         return outputs
 

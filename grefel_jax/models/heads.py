@@ -18,25 +18,10 @@ GReFELHead adds:
   attention_confidence (B,)       c(m)
 
 All head math runs in float32 whatever the embedding dtype. The reliability formulas live in
-`grefel_jax/reliability.py` (reference.md §2); the trust ramp τ is applied by the loss
+`grefel_jax/reliability.py` (docs/reliability.md §2); the trust ramp τ is applied by the loss
 (`losses.total_loss`), not here, because it depends on the training step.
 
-PyTorch -> Flax parameter map of the official ARBEx head (`arbex_torch_key_map` returns it):
-
-  classifier.net.{4i}.weight/bias      -> params classifier/fc{i}/kernel (transposed)/bias
-  classifier.net.{4i+2}.weight/bias    -> params classifier/bn{i}/scale/bias
-  classifier.net.{4i+2}.running_mean/var -> batch_stats classifier/bn{i}/mean/var
-  classifier.net.{4n}.weight/bias      -> params classifier/fc{n}/kernel (T)/bias  (n hidden)
-  anchors.anchors                      -> params anchors
-  selfattn.{Q,K,V}.weight/bias         -> params attention/{Q,K,V}/kernel (T)/bias
-  selfattn.attn_fn.in_proj_weight      -> params attention/attn_fn/in_proj/kernel (transposed:
-                                          (3C, C) -> (C, 3C); columns [0:C] = q, [C:2C] = k,
-                                          [2C:3C] = v, the row blocks of PyTorch's weight)
-  selfattn.attn_fn.in_proj_bias        -> params attention/attn_fn/in_proj/bias
-  selfattn.attn_fn.out_proj.weight/bias -> params attention/attn_fn/out_proj/kernel (T)/bias
-
-(`num_batches_tracked` has no counterpart. ARBEx never saves `selfattn.*`, reference.md §6a.9.)
-POSTER++'s `VIT.head.linear.{weight,bias}` -> PosterHead params linear/kernel (T)/bias.
+The PyTorch -> Flax key map of the official ARBEx head is `convert.arbex_names.head_key_map`.
 """
 
 from __future__ import annotations
@@ -47,10 +32,7 @@ import jax.numpy as jnp
 
 from grefel_jax import reliability
 from grefel_jax.models.config import HeadConfig
-
-# BatchNorm1d of the ARBEx MLP: PyTorch momentum 0.1 == Flax momentum 0.9; eps 1e-5.
-_BN_MOMENTUM = 0.9
-_BN_EPSILON = 1e-5
+from grefel_jax.models.layers import TorchDense, batch_norm, torch_default_init
 
 
 def _primary_outputs(logits: jax.Array, temperature: float) -> dict[str, jax.Array]:
@@ -78,7 +60,7 @@ class PosterHead(nn.Module):
     def __call__(self, embedding: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         del train  # No dropout or BatchNorm here; the argument keeps both heads interchangeable.
         embedding = jnp.asarray(embedding, jnp.float32)
-        logits = nn.Dense(self.config.num_classes, name="linear")(embedding)
+        logits = TorchDense(self.config.num_classes, name="linear")(embedding)
         out = _primary_outputs(logits, self.config.temperature)
         out["corrected_probs"] = out["probs"]
         out["head_embedding"] = embedding
@@ -95,6 +77,7 @@ class MLPClassifier(nn.Module):
       hidden: hidden widths, e.g. (384, 192, 96).
       num_classes: C.
       dropout: dropout rate after each hidden block.
+      zero_last: start the last Linear at zero (HeadConfig.classifier_init='zeros').
 
     Call: (x (B, d) float32, train: bool) -> (B, C) logits. `train` switches BatchNorm to batch
     statistics (updating `batch_stats`) and enables dropout (needs a 'dropout' rng).
@@ -103,20 +86,17 @@ class MLPClassifier(nn.Module):
     hidden: tuple[int, ...]
     num_classes: int
     dropout: float
+    zero_last: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         for i, width in enumerate(self.hidden):
-            x = nn.Dense(width, name=f"fc{i}")(x)
+            x = TorchDense(width, name=f"fc{i}")(x)
             x = nn.relu(x)
-            x = nn.BatchNorm(
-                use_running_average=not train,
-                momentum=_BN_MOMENTUM,
-                epsilon=_BN_EPSILON,
-                name=f"bn{i}",
-            )(x)
+            x = batch_norm(train, name=f"bn{i}")(x)
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name=f"fc{len(self.hidden)}")(x)
+        last = TorchDense(self.num_classes, zero_init=self.zero_last, name=f"fc{len(self.hidden)}")
+        return last(x)
 
 
 class PerSampleAttention(nn.Module):
@@ -187,15 +167,18 @@ class TorchMultiheadAttention(nn.Module):
         v = in_proj(value)[:, 2 * e :]
         scores = (q / jnp.sqrt(jnp.float32(e))) @ k.T  # (L, L): PyTorch scales q before q k^T.
         mixed = jax.nn.softmax(scores, axis=-1) @ v
-        return nn.Dense(e, bias_init=nn.initializers.zeros_init(), name="out_proj")(mixed)
+        # PyTorch: out_proj is a Linear (default weight init) whose bias MHA then zeroes.
+        zeros = nn.initializers.zeros_init()
+        out_proj = nn.Dense(e, kernel_init=torch_default_init, bias_init=zeros, name="out_proj")
+        return out_proj(mixed)
 
 
 class BatchAttention(nn.Module):
     """ARBEx's `SelfAttn`: Linear Q/K/V d -> C, then 1-head attention ACROSS the batch axis.
 
-    Reproduces the official code (reference.md §2.4): the (B, C) projections are one sequence
-    of length B for `nn.MultiheadAttention(C, 1)`, so each sample's output depends on the rest
-    of the batch (and eval results on batch composition).
+    Reproduces the official code (docs/reliability.md §2.4): the (B, C) projections are one
+    sequence of length B for `nn.MultiheadAttention(C, 1)`, so each sample's output depends on
+    the rest of the batch (and eval results on batch composition).
 
     Attributes:
       num_classes: C.
@@ -208,9 +191,9 @@ class BatchAttention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.num_classes
-        q = nn.Dense(c, name="Q")(x)
-        k = nn.Dense(c, name="K")(x)
-        v = nn.Dense(c, name="V")(x)
+        q = TorchDense(c, name="Q")(x)
+        k = TorchDense(c, name="K")(x)
+        v = TorchDense(c, name="V")(x)
         return TorchMultiheadAttention(c, name="attn_fn")(q, k, v)
 
 
@@ -231,7 +214,8 @@ def _check_per_sample_dims(dim: int, num_tokens: int, num_heads: int) -> None:
 
 
 class GReFELHead(nn.Module):
-    """GReFEL reliability-balancing head (reference.md §1f, §2; DECISIONS.md §2).
+    """GReFEL reliability-balancing head (docs/model.md §1f, docs/reliability.md §2,
+    docs/decisions.md §2).
 
     embedding -> [reduction Linear D -> reduction_dim] -> head_embedding e (B, d)
       e -> classifier MLP -> logits -> p = softmax(logits / T), c_p
@@ -254,11 +238,15 @@ class GReFELHead(nn.Module):
         x = jnp.asarray(embedding, jnp.float32)
         if cfg.reduction_dim:
             # GReFEL figure: "Linear Reduction Layer" 768 -> 128 (form unknown; a plain Linear).
-            x = nn.Dense(cfg.reduction_dim, name="reduction")(x)
+            x = TorchDense(cfg.reduction_dim, name="reduction")(x)
         dim = x.shape[-1]
 
         logits = MLPClassifier(
-            tuple(cfg.mlp_hidden), cfg.num_classes, cfg.mlp_dropout, name="classifier"
+            tuple(cfg.mlp_hidden),
+            cfg.num_classes,
+            cfg.mlp_dropout,
+            zero_last=cfg.classifier_init == "zeros",
+            name="classifier",
         )(x, train)
         out = _primary_outputs(logits, cfg.temperature)
 
@@ -295,55 +283,11 @@ class GReFELHead(nn.Module):
         return out
 
 
-def make_head(config: HeadConfig) -> nn.Module:
+def make_head(config: HeadConfig, name: str | None = None) -> nn.Module:
     """The head module for `config.kind` ('poster' -> PosterHead, 'grefel' -> GReFELHead)."""
     if config.kind == "poster":
-        return PosterHead(config)
-    return GReFELHead(config)
-
-
-def arbex_torch_key_map(config: HeadConfig) -> dict[str, tuple[str, tuple[str, ...], bool]]:
-    """Where each official ARBEx head tensor goes in this GReFELHead's variables.
-
-    Args:
-      config: a HeadConfig with reduction_dim None/0 and attention='batch' (the `arbex_code`
-        preset): ARBEx has neither a reduction layer nor per-sample attention.
-
-    Returns:
-      {torch key: (collection, flax path, transpose)} for the keys of reference
-      state_dict_keys.md §F with prefixes `classifier.`, `anchors.`, `selfattn.`; `transpose`
-      says the 2-D tensor must be transposed (Linear weight -> Dense kernel).
-      `num_batches_tracked` is omitted (no counterpart).
-    """
-    if config.kind != "grefel" or config.reduction_dim or config.attention != "batch":
-        raise ValueError(
-            "arbex_torch_key_map: the ARBEx head has no reduction and batch attention; need "
-            "model.head.kind='grefel', reduction_dim=None and attention='batch' (preset "
-            f"'arbex_code'), got kind={config.kind!r}, reduction_dim={config.reduction_dim}, "
-            f"attention={config.attention!r}."
-        )
-    mapping: dict[str, tuple[str, tuple[str, ...], bool]] = {}
-    n = len(config.mlp_hidden)
-    for i in range(n + 1):
-        fc = f"classifier.net.{4 * i}"
-        mapping[f"{fc}.weight"] = ("params", ("classifier", f"fc{i}", "kernel"), True)
-        mapping[f"{fc}.bias"] = ("params", ("classifier", f"fc{i}", "bias"), False)
-        if i < n:
-            bn = f"classifier.net.{4 * i + 2}"
-            mapping[f"{bn}.weight"] = ("params", ("classifier", f"bn{i}", "scale"), False)
-            mapping[f"{bn}.bias"] = ("params", ("classifier", f"bn{i}", "bias"), False)
-            mapping[f"{bn}.running_mean"] = ("batch_stats", ("classifier", f"bn{i}", "mean"), False)
-            mapping[f"{bn}.running_var"] = ("batch_stats", ("classifier", f"bn{i}", "var"), False)
-    mapping["anchors.anchors"] = ("params", ("anchors",), False)
-    for name in ("Q", "K", "V"):
-        mapping[f"selfattn.{name}.weight"] = ("params", ("attention", name, "kernel"), True)
-        mapping[f"selfattn.{name}.bias"] = ("params", ("attention", name, "bias"), False)
-    attn = ("attention", "attn_fn")
-    mapping["selfattn.attn_fn.in_proj_weight"] = ("params", (*attn, "in_proj", "kernel"), True)
-    mapping["selfattn.attn_fn.in_proj_bias"] = ("params", (*attn, "in_proj", "bias"), False)
-    mapping["selfattn.attn_fn.out_proj.weight"] = ("params", (*attn, "out_proj", "kernel"), True)
-    mapping["selfattn.attn_fn.out_proj.bias"] = ("params", (*attn, "out_proj", "bias"), False)
-    return mapping
+        return PosterHead(config, name=name)
+    return GReFELHead(config, name=name)
 
 
 def head_output_keys(config: HeadConfig) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""IR-50 image backbone, stages 1-3 (reference.md §1b; POSTER++ `models/ir50.py`).
+"""IR-50 image backbone, stages 1-3 (docs/model.md §1b; POSTER++ `models/ir50.py`).
 
 The face.evoLVe / InsightFace "improved residual" ResNet with its fourth stage removed.
 Submodule names follow the PyTorch state_dict with `.N.` written as `_N`, so that

@@ -23,6 +23,37 @@ Dtype = Any
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
+class TorchDense(nn.Module):
+    """`torch.nn.Linear` with its default initialisation: `(..., Din) -> (..., features)`.
+
+    PyTorch draws weight and bias from U(-1/sqrt(Din), 1/sqrt(Din)); Flax's Dense uses
+    lecun-normal weights and zero biases. The heads of the official code are PyTorch
+    Linears, so ours start from the same distribution. Parameters are named `kernel`
+    (Din, features) and `bias` like `nn.Dense`, so checkpoints and converters see no
+    difference. `zero_init=True` starts both at 0 (a classifier whose first predictions are
+    uniform; docs/numerics.md).
+    """
+
+    features: int
+    zero_init: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = x.shape[-1]
+        if self.zero_init:
+            init = nn.initializers.zeros_init()
+        else:
+            bound = 1.0 / fan_in**0.5
+            init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(  # noqa: E731
+                key, shape, dtype, -bound, bound
+            )
+        kernel = self.param("kernel", init, (fan_in, self.features), jnp.float32)
+        bias = self.param("bias", init, (self.features,), jnp.float32)
+        x = x.astype(self.dtype)
+        return x @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+
+
 def exact_gelu(x: jax.Array) -> jax.Array:
     """GELU with the exact erf formula (PyTorch `nn.GELU()`), any shape."""
     return nn.gelu(x, approximate=False)
@@ -55,6 +86,48 @@ class PReLU(nn.Module):
         return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
 
 
+class DepthwiseConv(nn.Module):
+    """Depthwise `k x k` conv, no bias: `(B, H, W, C) -> (B, H', W', C)`, one filter per channel.
+
+    The same parameter as `nn.Conv(C, feature_group_count=C)` (`kernel (k, k, 1, C)`, same
+    name, same init), so checkpoints and converters see no difference; the arithmetic is the
+    same sum of k*k products per output. Why not `nn.Conv`: XLA:CPU runs grouped convolutions
+    through a slow generic path (a 24x24x32 depthwise conv at batch 64 took 75 ms, its
+    shifted-sum form below 1.7 ms on a 2-core AMD EPYC); the k*k strided slices of the padded
+    input, each scaled by its tap, fuse into one elementwise loop on every backend.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s, p = self.kernel_size, self.stride, self.padding
+        b, h, w, c = x.shape
+        if c != self.features:
+            raise ValueError(f"DepthwiseConv({self.features}) applied to {c} input channels.")
+        kernel = self.param("kernel", torch_default_init, (k, k, 1, c), jnp.float32)
+        x = x.astype(self.dtype)
+        kernel = kernel.astype(self.dtype)
+        padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        out_h, out_w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        out = None
+        for i in range(k):
+            for j in range(k):
+                tap = jax.lax.slice(
+                    padded,
+                    (0, i, j, 0),
+                    (b, i + (out_h - 1) * s + 1, j + (out_w - 1) * s + 1, c),
+                    (1, s, s, 1),
+                )
+                term = tap * kernel[i, j, 0]
+                out = term if out is None else out + term
+        return out
+
+
 def conv(
     features: int,
     kernel: int = 3,
@@ -64,13 +137,16 @@ def conv(
     use_bias: bool = False,
     name: str | None = None,
     dtype: Dtype = jnp.float32,
-) -> nn.Conv:
+) -> nn.Module:
     """A `flax.linen.Conv` with PyTorch's symmetric explicit padding and default init.
 
     Applied to `(B, H, W, Cin)` it gives `(B, H', W', features)` with
     `H' = (H + 2 * padding - kernel) // stride + 1`, exactly as `torch.nn.Conv2d`.
-    `groups` is `feature_group_count` (= in channels for a depthwise conv).
+    `groups` is `feature_group_count`; a depthwise conv (`groups == features`, one input
+    channel per group, no bias) is a `DepthwiseConv` with the same parameter.
     """
+    if groups > 1 and groups == features and not use_bias:
+        return DepthwiseConv(features, kernel, stride, padding, dtype=dtype, name=name)
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -87,11 +163,29 @@ def conv(
 def batch_norm(train: bool, name: str | None = None, dtype: Dtype = jnp.float32) -> nn.BatchNorm:
     """BatchNorm with PyTorch's defaults (momentum 0.1 -> Flax 0.9, eps 1e-5).
 
-    `train=False` uses the stored running statistics (PyTorch eval mode).
+    `train=False` uses the stored running statistics (PyTorch eval mode). The batch variance
+    is the two-pass mean((x - mean)^2), not Flax's default E[x^2] - E[x]^2: on features whose
+    batch mean is large against their spread (the GReFEL head's inputs at initialisation:
+    std/|mean| about 0.05) the one-pass form cancels away most float32 digits, and the
+    gradient then changed by 2e-4 (relative) when the batch was split over two devices;
+    two-pass brings that to 3e-6 (docs/numerics.md).
     """
     return nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        use_fast_variance=False,
+        name=name,
     )
+
+
+def layer_norm(epsilon: float, name: str | None = None, dtype: Dtype = jnp.float32) -> nn.LayerNorm:
+    """LayerNorm over the last axis with the two-pass variance (see `batch_norm`).
+
+    `epsilon` is 1e-5 in the window attention and 1e-6 in the fusion ViT, as the official code.
+    """
+    return nn.LayerNorm(epsilon=epsilon, dtype=dtype, use_fast_variance=False, name=name)
 
 
 class DropPath(nn.Module):

@@ -1,4 +1,4 @@
-"""MobileFaceNet landmark network (reference.md §1a; POSTER++ `models/mobilefacenet.py`).
+"""MobileFaceNet landmark network (docs/model.md §1a; POSTER++ `models/mobilefacenet.py`).
 
 The 68-point landmark regressor of pytorch_face_landmark, used by POSTER++ as a frozen
 feature extractor: its three intermediate maps are the *queries* of the window

@@ -1,5 +1,5 @@
-"""ARBEx's re-implementation of POSTER++ and its head in PyTorch (reference.md §1f, §2, §6a;
-state_dict_keys.md §D, §E, §F).
+"""ARBEx's re-implementation of POSTER++ and its head in PyTorch (docs/model.md §1f,
+docs/reliability.md §2, docs/checkpoints.md §6a; docs/state_dict_keys.md §D, §E, §F).
 
 Same graph as `poster.PosterV2`, renamed modules: `landmark.path_*`, `ir.net_*`, `conv`,
 `convs`, `window_module`, `attns.i.{table,index_relative,qkv,linear}`,
@@ -330,7 +330,7 @@ class ArbexSelfAttn(nn.Module):
 
 
 class ArbexModel(nn.Module):
-    """Container of the four ARBEx parts in train.py's order (state_dict_keys.md §F)."""
+    """Container of the four ARBEx parts in train.py's order (docs/state_dict_keys.md §F)."""
 
     def __init__(self, num_classes=8, num_anchors=10, hidden=(384, 192, 96), **poster_kwargs):
         super().__init__()

@@ -1,9 +1,10 @@
-"""IR-50 stages 1-3 in PyTorch (reference.md §1b, §6b), with both checkpoint namings.
+"""IR-50 stages 1-3 in PyTorch, with both checkpoint namings (docs/model.md §1b,
+docs/checkpoints.md §6b).
 
 * `naming="stages"`: POSTER++'s `Backbone(50, 0.0, 'ir')`, units in `body1/body2/body3`
-  (state_dict_keys.md §A under `ir_back.`).
+  (docs/state_dict_keys.md §A under `ir_back.`).
 * `naming="body"`: the original face.evoLVe / POSTER V1 layout, all units in one Sequential
-  `body` (state_dict_keys.md §C); `stage4_units > 0` adds the 512-channel fourth stage that a
+  `body` (docs/state_dict_keys.md §C); `stage4_units > 0` adds the 512-channel fourth stage that a
   full face.evoLVe `ir50.pth` carries as `body.21+` (never used by POSTER++).
 
 Both register `input_layer`, then the unused `output_layer`, then the units, as the official

@@ -1,5 +1,5 @@
-"""MobileFaceNet landmark net in PyTorch (reference.md §1a), POSTER++ / pytorch_face_landmark
-naming (state_dict_keys.md §B; §A under `face_landback.`).
+"""MobileFaceNet landmark net in PyTorch (docs/model.md §1a), POSTER++ / pytorch_face_landmark
+naming (docs/state_dict_keys.md §B; §A under `face_landback.`).
 
 Width w = `width` (64): expansions are 2w/4w/8w (128/256/512) as in the official net, and
 `conv_6_sep` outputs 8w channels. The GDC landmark head (`output_layer`) is built and run, as

@@ -1,4 +1,5 @@
-"""POSTER++ (`pyramid_trans_expr2`) in PyTorch, from reference.md §1 (state_dict_keys.md §A).
+"""POSTER++ (`pyramid_trans_expr2`) in PyTorch, from docs/model.md §1
+(docs/state_dict_keys.md §A).
 
 The module names, the registration order and the dead parameters (`VIT.patch_embed`,
 `VIT.eca_block`, `VIT.CON1`, `VIT.IRLinear1/2`, `VIT.blocks.i.conv`, the backbones'

@@ -46,7 +46,7 @@ Splits: train (Train_Set), validation (Validation_Set).
 
 def parse_annotation(path: Path) -> list[int]:
     """Per-frame labels (index i = frame i + 1) of one annotation file; -1 = ignore."""
-    lines = path.read_text().splitlines()
+    lines = base.read_text_lines(path)
     if not lines:
         raise ValueError(f"{path}: empty annotation file.")
     header = tuple(h.strip() for h in lines[0].split(","))

@@ -19,13 +19,12 @@ Landmarks are (68, 2) float32 pixel (x, y); NaN where a row has none.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from grefel_jax.data import classes
+from grefel_jax.data import classes, errors
 from grefel_jax.data.builders import base
 
 NUM_LANDMARKS = 68
@@ -77,16 +76,15 @@ def _parse_landmarks(text: str) -> np.ndarray:
 
 def read_csv(path: Path) -> list[dict]:
     """Rows of a release-(a) CSV as dicts (header optional: the column order is fixed)."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if rows and rows[0] and rows[0][0].strip() == CSV_COLUMNS[0]:
+    rows = base.read_csv_rows(path)
+    if rows and rows[0][1][0] == CSV_COLUMNS[0]:
         rows = rows[1:]
     out = []
-    for line_number, row in enumerate(rows, start=2):
-        if not row:
-            continue
+    for line_number, row in rows:
         if len(row) < 7:
-            raise ValueError(f"{path}:{line_number}: expected columns {CSV_COLUMNS}, got {row}")
+            raise errors.ManualDataFormatError(
+                f"{path}:{line_number}: expected columns {CSV_COLUMNS}, got {row}"
+            )
         out.append(dict(zip(CSV_COLUMNS, row)))
     return out
 
@@ -175,7 +173,11 @@ class Affectnet(base.ManualBuilder):
         items = {}
         for split, directory in NPY_DIRS.items():
             rows = []
-            images = sorted((root / directory / "images").glob("*.jpg"))
+            images = sorted(
+                p
+                for p in (root / directory / "images").glob("*")
+                if base.has_suffix(p, (".jpg", ".jpeg", ".png"))
+            )
             if not images:
                 missing.append(f"{directory}/images/*.jpg")
             for image in images:

@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from grefel_jax import preprocess
 from grefel_jax.data import errors
 
 VERSION = tfds.core.Version("1.0.0")
@@ -80,34 +81,93 @@ def load_rgb_image(
 ) -> bytes | None:
     """Encoded RGB image bytes for the `image` feature, or None if skipped as corrupt.
 
-    JPEG files that are already RGB are stored byte for byte (no re-encoding loss); other
-    files (grayscale, TIFF, PNG with alpha, ...) are converted to RGB and stored as PNG.
+    The pixels are `grefel_jax.preprocess.pil_to_rgb` of the upright image: the conversion
+    prediction applies to a user's file (EXIF orientation, alpha over white, 16-bit, palette,
+    CMYK, grayscale), so a file gives the same model input in training and in prediction.
+    JPEG files that are RGB and upright already are stored byte for byte (no re-encoding
+    loss); other files are stored as PNG (or JPEG for crops of JPEG sources).
 
     Args:
       path: the image file.
       skip_corrupt: if True, undecodable files return None and are added to `corrupt`;
         otherwise they raise CorruptImageError naming the file.
       corrupt: the build's counter of skipped files.
-      crop_box: optional (left, top, right, bottom) crop in pixels (clipped to the image).
+      crop_box: optional (left, top, right, bottom) crop in pixels of the upright image
+        (clipped to the image).
     """
     try:
         data, image = decode_image_file(path)
-    except errors.CorruptImageError:
+        upright = preprocess.exif_upright(image)
+        rgb = preprocess.pil_to_rgb(upright)
+    except (errors.CorruptImageError, preprocess.ImageReadError) as exc:
         if not skip_corrupt:
-            raise
+            if isinstance(exc, errors.CorruptImageError):
+                raise
+            raise errors.CorruptImageError(f"Cannot convert image {path}: {exc}") from exc
         corrupt.files.append(str(path))
         return None
     if crop_box is not None:
         left, top, right, bottom = crop_box
         left, top = max(0, int(left)), max(0, int(top))
-        right, bottom = min(image.width, int(right)), min(image.height, int(bottom))
+        right, bottom = min(rgb.shape[1], int(right)), min(rgb.shape[0], int(bottom))
         if right - left < 2 or bottom - top < 2:
             raise errors.CorruptImageError(f"{path}: empty face box {crop_box}.")
-        rgb = np.asarray(image.convert("RGB").crop((left, top, right, bottom)))
-        return encode_jpeg(rgb) if image.format == "JPEG" else encode_png(rgb)
-    if image.format == "JPEG" and image.mode == "RGB":
+        crop = rgb[top:bottom, left:right]
+        return encode_jpeg(crop) if image.format == "JPEG" else encode_png(crop)
+    if image.format == "JPEG" and image.mode == "RGB" and upright is image:
         return data
-    return encode_png(np.asarray(image.convert("RGB")))
+    return encode_png(rgb)
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a text file of a release: UTF-8 with or without a BOM, LF or CRLF, each
+    line stripped of surrounding blanks (blank lines are kept, so line numbers hold)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise errors.ManualDataFormatError(f"{path}: not UTF-8 text ({e.reason}).") from e
+    return [line.strip() for line in text.splitlines()]
+
+
+def read_csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """`[(line number, cells)]` of a CSV file of a release, blank rows dropped.
+
+    Tolerates what spreadsheet tools add: a UTF-8 BOM, CRLF line ends, blanks around cells.
+    """
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return [
+                (number, [cell.strip() for cell in row])
+                for number, row in enumerate(csv.reader(f), start=1)
+                if any(cell.strip() for cell in row)
+            ]
+    except UnicodeDecodeError as e:
+        raise errors.ManualDataFormatError(f"{path}: not UTF-8 text ({e.reason}).") from e
+    except csv.Error as e:
+        raise errors.ManualDataFormatError(f"{path}: not a readable CSV file ({e}).") from e
+
+
+def has_suffix(path: Path, suffixes: Iterable[str]) -> bool:
+    """Case-insensitive suffix test (`.JPG` is a JPEG too)."""
+    return path.suffix.lower() in {s.lower() for s in suffixes}
+
+
+def unique_keys(examples, where: str):
+    """Passes `(key, example)` pairs through, failing on a repeated key with its name.
+
+    TFDS detects repeats only after writing, and its error path can end in an unrelated
+    TensorFlow import error; here the message names the split and the key.
+    """
+    seen = set()
+    for key, example in examples:
+        if key in seen:
+            raise errors.ManualDataFormatError(
+                f"{where}: two examples have the key {key!r} (a file listed twice?)."
+            )
+        seen.add(key)
+        yield key, example
 
 
 def missing_paths(root: Path, relative: Iterable[str]) -> list[str]:
@@ -201,7 +261,10 @@ class ManualBuilder(Builder, skip_registration=True):
         plan = self.check_manual_dir(
             dl_manual_dir(dl_manager), self.builder_config.name if self.builder_config else None
         )
-        return {split: self._generate_examples(plan, split) for split in plan["splits"]}
+        return {
+            split: unique_keys(self._generate_examples(plan, split), f"{self.name} {split}")
+            for split in plan["splits"]
+        }
 
     def _image(self, path, crop_box=None) -> bytes | None:
         return load_rgb_image(

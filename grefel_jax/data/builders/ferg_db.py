@@ -1,7 +1,7 @@
 """`ferg_db`: FERG-DB, 55,767 images of 6 stylized characters, 7 classes.
 
 Layout `FERG_DB_256/<character>/<character>_<expression>/*.png`; classes anger, disgust, fear,
-joy, neutral, sadness, surprise (reference.md §7). The release has no official split and the
+joy, neutral, sadness, surprise (docs/datasets.md §7.4). The release has no official split and the
 one GReFEL used is unknown, so this builder makes a deterministic 80/20 train/test split by a
 hash of each file's relative path (the same on every machine), stratified only by chance.
 """

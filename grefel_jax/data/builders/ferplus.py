@@ -5,8 +5,12 @@ Labels follow the official majority protocol of FERPlus `src/ferplus.py::_proces
   2. an image is kept only if its largest count is > 0.5 x the sum of the remaining counts and
      the arg-max is an emotion (not `unknown`, not `NF`).
 Rows with an empty `Image name` are dropped (the FER+ tooling writes no file for them).
+Examples are keyed by their row: the real fer2013new.csv repeats some image names (e.g.
+`fer0006953.png` on two `Training` rows, with different pixels and votes), and each such row
+is its own example, counted and labelled on its own by the majority protocol; the name is
+kept as the `file_name` feature.
 Splits: Training -> train, PublicTest -> validation, PrivateTest -> test. On the real files:
-25,060 / 3,199 / 3,153 (reference.md §7; the repo's per-folder label.csv files are an older
+25,060 / 3,199 / 3,153 (docs/datasets.md; the repo's per-folder label.csv files are an older
 labelling and give other counts).
 
 Extra features: `votes` (10,) int32 raw counts (8 emotions, unknown, NF) and
@@ -15,7 +19,6 @@ Extra features: `votes` (10,) int32 raw counts (8 emotions, unknown, NF) and
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -63,33 +66,44 @@ def label_distribution(votes: np.ndarray) -> np.ndarray:
     return cleaned / total if total > 0 else cleaned
 
 
+def _csv_dicts(path: Path, required: tuple[str, ...]) -> list[dict]:
+    """Rows of `path` as dicts by header name (BOM, CRLF and blanks tolerated)."""
+    rows = base.read_csv_rows(path)
+    if not rows:
+        raise errors.ManualDataFormatError(f"{path}: empty file.")
+    header = rows[0][1]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise errors.ManualDataFormatError(f"{path}: missing columns {missing}.")
+    return [dict(zip(header, cells), _line=number) for number, cells in rows[1:]]
+
+
 def read_rows(root: Path) -> list[dict]:
     """Joins the two CSVs row by row; checks that they agree on length and Usage."""
-    with open(root / FER2013_CSV, newline="") as f:
-        pixels_rows = list(csv.DictReader(f))
-    with open(root / FERPLUS_CSV, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("Usage", "Image name", *VOTE_COLUMNS) if c not in reader.fieldnames]
-        if missing:
-            raise ValueError(f"{root / FERPLUS_CSV}: missing columns {missing}.")
-        vote_rows = list(reader)
+    pixels_rows = _csv_dicts(root / FER2013_CSV, ("pixels", "Usage"))
+    vote_rows = _csv_dicts(root / FERPLUS_CSV, ("Usage", "Image name", *VOTE_COLUMNS))
     if len(pixels_rows) != len(vote_rows):
-        raise ValueError(
+        raise errors.ManualDataFormatError(
             f"{FER2013_CSV} has {len(pixels_rows)} rows but {FERPLUS_CSV} has {len(vote_rows)}: "
             "they must be the matching releases (35,887 rows each)."
         )
     rows = []
     for i, (p, v) in enumerate(zip(pixels_rows, vote_rows)):
         if p["Usage"] != v["Usage"]:
-            raise ValueError(
+            raise errors.ManualDataFormatError(
                 f"Row {i + 2}: Usage {p['Usage']!r} in {FER2013_CSV} vs {v['Usage']!r} in "
                 f"{FERPLUS_CSV}; the files are not in the same order."
             )
-        votes = np.array([int(float(v[c] or 0)) for c in VOTE_COLUMNS], np.int32)
+        try:
+            votes = np.array([int(float(v[c] or 0)) for c in VOTE_COLUMNS], np.int32)
+        except ValueError as e:
+            raise errors.ManualDataFormatError(
+                f"{root / FERPLUS_CSV}:{v['_line']}: vote counts must be numbers ({e})."
+            ) from e
         rows.append(
             {
                 "split": USAGE_TO_SPLIT.get(v["Usage"]),
-                "name": (v["Image name"] or "").strip(),
+                "name": v["Image name"],
                 "pixels": p["pixels"],
                 "votes": votes,
                 "row": i,
@@ -104,7 +118,7 @@ class Ferplus(base.ManualBuilder):
     name = "ferplus"
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-    OFFICIAL_SIZES = EXPECTED_SIZES  # reference.md §7
+    OFFICIAL_SIZES = EXPECTED_SIZES  # docs/datasets.md
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -135,7 +149,10 @@ class Ferplus(base.ManualBuilder):
     def _split_generators(self, dl_manager):
         plan = self.check_manual_dir(base.dl_manual_dir(dl_manager))
         plan["rows"] = read_rows(plan["root"])  # one read for all splits
-        return {split: self._generate_examples(plan, split) for split in plan["splits"]}
+        return {
+            split: base.unique_keys(self._generate_examples(plan, split), f"ferplus {split}")
+            for split in plan["splits"]
+        }
 
     def _generate_examples(self, plan, split):
         for row in plan["rows"]:
@@ -152,7 +169,7 @@ class Ferplus(base.ManualBuilder):
                 self.corrupt.files.append(message)
                 continue
             yield (
-                row["name"],
+                f"row{row['row'] + 2:05d}",  # the CSV line: names repeat in the real file
                 {
                     "image": base.encode_png(values.astype(np.uint8).reshape(48, 48)),
                     "label": label,

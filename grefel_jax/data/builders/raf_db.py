@@ -1,7 +1,7 @@
 """`raf_db`: RAF-DB basic, 7 classes, official train/test split, aligned 100x100 images.
 
 Labels in `EmoLabel/list_patition_label.txt` are 1..7 = surprise, fear, disgust, happiness,
-sadness, anger, neutral; label index = label - 1 (reference.md §7). Expected on the real
+sadness, anger, neutral; label index = label - 1 (docs/datasets.md §7.1). Expected on the real
 release: train 12,271 / test 3,068.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-from grefel_jax.data import classes
+from grefel_jax.data import classes, errors
 from grefel_jax.data.builders import base
 
 LABEL_FILE = "EmoLabel/list_patition_label.txt"
@@ -43,16 +43,20 @@ def aligned_name(listed_name: str) -> str:
 def parse_label_file(path: Path) -> list[tuple[str, str, int]]:
     """[(split, listed file name, label index 0..6)] from list_patition_label.txt."""
     rows = []
-    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_number, line in enumerate(base.read_text_lines(path), start=1):
         if not line.strip():
             continue
         parts = line.split()
         if len(parts) != 2 or not parts[1].isdigit() or not 1 <= int(parts[1]) <= 7:
-            raise ValueError(f"{path}:{line_number}: expected '<name>.jpg <1..7>', got {line!r}")
+            raise errors.ManualDataFormatError(
+                f"{path}:{line_number}: expected '<name>.jpg <1..7>', got {line!r}"
+            )
         name, label = parts[0], int(parts[1]) - 1
         split = name.split("_", 1)[0]
         if split not in ("train", "test"):
-            raise ValueError(f"{path}:{line_number}: name {name!r} is neither train_ nor test_")
+            raise errors.ManualDataFormatError(
+                f"{path}:{line_number}: name {name!r} is neither train_ nor test_"
+            )
         rows.append((split, name, label))
     return rows
 
@@ -63,7 +67,7 @@ class RafDb(base.ManualBuilder):
     name = "raf_db"
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-    OFFICIAL_SIZES = EXPECTED_SIZES  # reference.md §7
+    OFFICIAL_SIZES = EXPECTED_SIZES  # docs/datasets.md §7.1
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

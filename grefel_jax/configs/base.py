@@ -1,9 +1,13 @@
 """The common base of every training config (POSTER++ recipe, GReFEL head and losses).
 
-Defaults follow reference.md §4b (POSTER++): SAM (rho 0.05) over Adam, exponential decay 0.98
-per epoch, batch 144, 200 epochs, no weight decay; the head and losses follow §2-§3 with the
-GReFEL defaults of DECISIONS.md §2. Dataset configs override the data section and the
-learning rates.
+Defaults follow the POSTER++ recipe (docs/training.md): SAM (rho 0.05) over Adam, exponential
+decay 0.98 per epoch, batch 144, 200 epochs, no weight decay; the head and the losses are the
+GReFEL presets (docs/decisions.md). Dataset configs override the data section and the
+learning rates through `dataset_config`.
+
+Every config's `get_config(arg)` takes big_vision's argument string: `key=value` pairs
+separated by commas (`classes=8,runlocal`). `runlocal` shrinks any recipe to a few steps of
+the tiny model, to check a prepared dataset end to end on a laptop.
 
 Every field is overridable from the command line, e.g.
 `--config.optim.lr_backbone=1e-5 --config.model.head.num_anchors=8`. A misspelt key, at any
@@ -17,6 +21,7 @@ import dataclasses
 import ml_collections
 
 from grefel_jax.data.config import get_data_config
+from grefel_jax.losses import LossConfig
 from grefel_jax.models.config import BackboneConfig, HeadConfig
 
 placeholder = ml_collections.config_dict.placeholder
@@ -43,7 +48,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Model: a variant, a head preset, and per-field overrides (None = preset value).
     config.model = ml_collections.ConfigDict()
     config.model.variant = "paper"  # 'paper' | 'tiny'
-    config.model.head_preset = "grefel"  # 'grefel' | 'arbex_code' | 'poster'
+    config.model.head_preset = "grefel"  # 'grefel' | 'arbex_code' | 'poster' (head + loss)
     config.model.backbone = _override_section(BackboneConfig)
     config.model.head = _override_section(HeadConfig)
 
@@ -70,14 +75,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.optim.grad_clip_norm = 0.0  # 0 = off
     config.optim.ema_decay = 0.0  # 0 = off
 
-    config.loss = ml_collections.ConfigDict()
-    config.loss.lambda_ce = 1.0
-    config.loss.lambda_anchor = 1.0
-    config.loss.lambda_center = 1.0
-    config.loss.label_smoothing = 0.0
-    config.loss.anchor_loss_form = "official"  # 'official' | 'margin'
-    config.loss.anchor_margin = 1.0
-    config.loss.class_weighting = True  # inverse-frequency weights in L_cls (ARBEx)
+    # Loss settings: None = the head preset's value (losses.LOSS_PRESETS), e.g.
+    # `--config.loss.anchor_loss_form=official --config.loss.lambda_center=0.5`.
+    config.loss = _override_section(LossConfig)
 
     # Devices: batch over data x fsdp; params >= fsdp_min_size elements sharded over fsdp.
     config.mesh = ml_collections.ConfigDict()
@@ -101,11 +101,61 @@ def get_base_config() -> ml_collections.ConfigDict:
     return config
 
 
-def prepare_hint(name: str, builder_config: str | None, manual: bool) -> str:
-    """The prepare command for a config docstring."""
-    cmd = f"python -m grefel_jax.data.prepare --dataset {name}"
-    if builder_config:
-        cmd += f" --config {builder_config}"
-    if manual:
-        cmd += " --manual_dir DIR"
-    return cmd + " --data_dir ~/tensorflow_datasets"
+def dataset_config(
+    name: str,
+    *,
+    builder_config: str | None = None,
+    eval_split: str = "test",
+    lr: float = 3.5e-5,
+    sampler: str = "none",
+    final_eval_splits: tuple[str, ...] = (),
+) -> ml_collections.ConfigDict:
+    """The base config for one prepared dataset with one learning rate for every group."""
+    config = get_base_config()
+    config.data.name = name
+    config.data.builder_config = builder_config
+    config.data.eval_split = eval_split
+    config.data.sampler = sampler
+    config.final_eval_splits = tuple(final_eval_splits)
+    config.optim.lr_backbone = config.optim.lr_head = config.optim.lr_anchors = lr
+    return config
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """big_vision-style `get_config` argument: 'a=1,b=x,flag' -> {a: 1, b: 'x', flag: True}.
+
+    A bare word sets that key to True; a bare value with one default (`'8'` for
+    `classes=...`) sets it; unknown keys are an error that names them.
+    """
+    values = dict(defaults)
+    values.setdefault("runlocal", False)
+    for part in filter(None, (p.strip() for p in (arg or "").split(","))):
+        key, sep, value = part.partition("=")
+        if not sep and key not in values:
+            positional = [k for k in defaults if k != "runlocal"]
+            if len(positional) != 1:
+                raise ValueError(f"config argument {part!r}: expected key=value.")
+            key, value = positional[0], part
+        elif not sep:
+            value = "True"
+        if key not in values:
+            raise ValueError(f"config argument key {key!r}: expected one of {sorted(values)}.")
+        default = values[key]
+        if isinstance(default, bool):
+            values[key] = value.lower() in ("1", "true", "yes", "")
+        else:
+            values[key] = type(default)(value) if default is not None else value
+    return ml_collections.ConfigDict(values)
+
+
+def apply_runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A few steps of the tiny model on the same data: a laptop check of a recipe."""
+    config.model.variant = "tiny"
+    config.optim.sam = False
+    config.batch_size = 8
+    config.eval_batch_size = 8
+    config.num_train_steps = 10
+    config.log_every_steps = 1
+    config.eval_every_steps = 10
+    config.checkpoint_every_steps = 10
+    return config

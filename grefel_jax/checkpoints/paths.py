@@ -1,0 +1,56 @@
+"""Where checkpoints live on disk, and the error every checkpoint function raises.
+
+Two layouts are ours:
+
+* An **inference checkpoint** (`checkpoints.inference.save_inference_checkpoint`, written by
+  the weight converters)::
+
+      DIR/grefel_inference.json   {"format", "model_config", "class_names", "dataset",
+                                   "preprocessing", "metadata", "modules"}
+      DIR/variables/              orbax PyTree: {'params': ..., 'batch_stats': ...}
+
+* A **training workdir** (`checkpoints.training.TrainCheckpointer`)::
+
+      WORKDIR/checkpoints/<step>/model         {'params', 'batch_stats'[, 'ema_params']}
+      WORKDIR/checkpoints/<step>/train         {'step', 'opt_state', 'rng'}
+      WORKDIR/checkpoints/<step>/model_record  the ModelRecord as JSON (model config, class
+                                               names, dataset, preprocessing)
+      WORKDIR/model_record.json                the same, written when training starts
+
+  (Older checkpoints hold a `model_config` item instead of `model_record`: still read.)
+"""
+
+from __future__ import annotations
+
+import os
+
+from etils import epath
+
+INFERENCE_FORMAT = "grefel_jax.inference"
+INFERENCE_MARKER = "grefel_inference.json"
+VARIABLES_DIR = "variables"
+CHECKPOINTS_DIR = "checkpoints"
+RECORD_FILE = "model_record.json"
+RECORD_ITEM = "model_record"
+LEGACY_CONFIG_ITEM = "model_config"
+BEST_METRIC_FILE = "best_metric.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that does not exist, is not ours, is unreadable or does not fit."""
+
+
+def absolute_path(path) -> epath.Path:
+    """`path` as an absolute `epath.Path`: orbax refuses relative local paths.
+
+    Paths with a scheme (`gs://...`) are already absolute and are kept as they are.
+    """
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.abspath(os.path.expanduser(text)))
+
+
+def is_step_dir(path: epath.Path) -> bool:
+    """True for `WORKDIR/checkpoints/<step>` (a step written by TrainCheckpointer)."""
+    return (path / "model").is_dir() and (
+        (path / RECORD_ITEM).exists() or (path / LEGACY_CONFIG_ITEM).exists()
+    )

@@ -1,0 +1,58 @@
+"""`init_from`: merge pretrained (possibly partial) variables into freshly initialised ones."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from etils import epath
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from grefel_jax.checkpoints.inference import load_inference_checkpoint
+from grefel_jax.checkpoints.paths import CheckpointError
+
+PyTree = Any
+
+
+def merge_pretrained(
+    init_variables: Mapping[str, PyTree], path: str | epath.PathLike
+) -> tuple[dict[str, PyTree], list[str]]:
+    """Replaces the subtrees of `init_variables` that the checkpoint at `path` holds.
+
+    Args:
+      init_variables: freshly initialised `{'params', 'batch_stats'}` (jax or numpy arrays).
+      path: an inference checkpoint (possibly partial) or a training workdir.
+
+    Returns:
+      `(variables, loaded_modules)`: the merged variables (numpy for loaded leaves) and the
+      sorted top-level module names that were loaded. Every loaded array must match the shape
+      of the array it replaces; a mismatch or an unknown key raises CheckpointError naming
+      `path`.
+    """
+    loaded, _, _ = load_inference_checkpoint(path, check_shapes=False)
+    merged = {}
+    modules: set[str] = set()
+    problems = []
+    for collection in ("params", "batch_stats"):
+        base = flatten_dict(init_variables.get(collection, {}))
+        new = flatten_dict(loaded.get(collection, {}))
+        for key, arr in new.items():
+            if key not in base:
+                problems.append(f"{collection}/{'/'.join(key)}: not in the model")
+            elif tuple(arr.shape) != tuple(base[key].shape):
+                problems.append(
+                    f"{collection}/{'/'.join(key)}: shape {tuple(arr.shape)} vs model "
+                    f"{tuple(base[key].shape)}"
+                )
+            else:
+                base[key] = np.asarray(arr, dtype=base[key].dtype)
+                modules.add(key[0])
+        merged[collection] = unflatten_dict(base)
+    if problems:
+        raise CheckpointError(f"init_from={path}: " + "; ".join(problems[:10]))
+    for collection in init_variables:
+        merged.setdefault(collection, init_variables[collection])
+    logging.info("init_from %s: loaded modules %s", path, sorted(modules))
+    return merged, sorted(modules)

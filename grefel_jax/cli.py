@@ -1,0 +1,79 @@
+"""Command-line error reporting shared by the entry points: one line, no traceback.
+
+A user's mistake (a misspelt config key, a config file that is not there, a workdir in use,
+an unreadable checkpoint) is reported as `ERROR: <what, naming the key or file>` on stderr
+with exit status 2. `--verbosity=1` (absl) shows the traceback as well, for bug reports.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+
+from absl import flags
+
+EXIT_USAGE = 2
+
+
+def fail(message: str) -> None:
+    """Prints `ERROR: message` (one line) to stderr and exits with status 2."""
+    print(f"ERROR: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """`absl.app.run(main, flags_parser=cli.parse_flags)`: flag and config errors in one line.
+
+    ml_collections reports a misspelt `--config.a.b=...` key as an AttributeError with a
+    multi-line traceback and a config file that does not load as an OSError; both become one
+    line that names the flag and, where ml_collections has one, the suggested key.
+    """
+    try:
+        remaining = flags.FLAGS(list(argv))
+        if "config" in flags.FLAGS:
+            # A config file that failed to load raises on first use, not while parsing.
+            flags.FLAGS.config.keys()
+        return remaining
+    except flags.Error as e:
+        fail(_flag_error_message(str(e)))
+    except (AttributeError, KeyError) as e:
+        fail(_unknown_key_message(str(e), argv))
+    except OSError as e:
+        fail(_config_file_message(str(e)))
+    except ValueError as e:  # raised by a config's get_config(arg)
+        fail(f"--config: {e}")
+    return []
+
+
+def _flag_error_message(text: str) -> str:
+    """An error raised inside a config file's get_config() arrives with its traceback as
+    text: keep the flag and the exception's own message."""
+    if "Traceback" not in text:
+        return text
+    flag = text.split(": Error whilst parsing")[0]
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return f"{flag.removeprefix('flag ')}: {last.split(': ', 1)[-1]}"
+
+
+def _unknown_key_message(text: str, argv: Sequence[str]) -> str:
+    # ml_collections: '\'lr_backbon\'\nDid you mean "lr_backbone" instead of "lr_backbon"?'
+    found = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"', text)
+    key = found.group(2) if found else (re.findall(r"(\w+)\\?'", text) or [None])[0]
+    if key is None:
+        return text
+    flag = next(
+        (a.split("=")[0] for a in argv if a.startswith("--config.") and key in a), "--config"
+    )
+    message = f"{flag}: the config has no key {key!r}"
+    if found:
+        message += f"; did you mean {found.group(1)!r}?"
+    return message
+
+
+def _config_file_message(text: str) -> str:
+    paths = re.findall(r"^\s+(\S+\.py)$", text, flags=re.MULTILINE)
+    reason = re.findall(r"\[Errno \d+\] ([^:]+)", text)
+    if paths:
+        return f"--config {paths[0]}: {reason[0] if reason else 'cannot be loaded'}."
+    return text

@@ -1,0 +1,107 @@
+"""Config -> objects: the one module that interprets an `ml_collections` run config.
+
+Training, evaluation, prediction, the study and the benchmarks call these functions and
+then work with typed, validated objects (ModelConfig, LossConfig, RunLength, a dtype),
+never with the config's fields. A misspelt or invalid field fails here, naming its key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+from grefel_jax.losses import LossConfig, make_loss_config
+from grefel_jax.models import GReFEL, ModelConfig, make_model_config
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _set_fields(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of an override section that were set (None = keep the preset's value)."""
+    return {k: v for k, v in section.items() if v is not None}
+
+
+def model_config(config, num_classes: int) -> ModelConfig:
+    """ModelConfig from `config.model`: variant, head preset, per-field overrides.
+
+    `config.model.head.num_classes`, when set, wins over the dataset's class count.
+    """
+    head = _set_fields(config.model.head)
+    num_classes = int(head.pop("num_classes", num_classes))
+    return make_model_config(
+        variant=config.model.variant,
+        head=config.model.head_preset,
+        num_classes=num_classes,
+        backbone_overrides=_set_fields(config.model.backbone),
+        head_overrides=head,
+    )
+
+
+def loss_config(config) -> LossConfig:
+    """LossConfig from `config.loss`: the head preset's settings, then the fields set."""
+    return make_loss_config(config.model.head_preset, _set_fields(config.loss))
+
+
+def compute_dtype(config):
+    """The model's compute dtype (`config.compute_dtype`); parameters and losses stay float32."""
+    name = config.compute_dtype
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"config.compute_dtype={name!r}: expected {sorted(COMPUTE_DTYPES)}.")
+    return COMPUTE_DTYPES[name]
+
+
+def make_model(model_config: ModelConfig, dtype=jnp.float32) -> GReFEL:
+    """THE model constructor: the Linen module for `model_config` computing in `dtype`."""
+    return GReFEL(config=model_config, dtype=dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLength:
+    """How long a run is and how often it logs, evaluates and saves, in steps.
+
+    Attributes:
+      steps_per_epoch: global batches per pass over the training split (at least 1).
+      total_steps: the run's length (also T of the trust ramp).
+      log_every, eval_every, checkpoint_every: periods; a config value <= 0 means one epoch.
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+
+
+def run_length(config, train_size: int) -> RunLength:
+    """RunLength from the config and the training split's size.
+
+    `num_train_steps > 0` fixes the length; otherwise `num_epochs` epochs.
+    """
+    if config.batch_size <= 0:
+        raise ValueError(f"config.batch_size={config.batch_size} must be positive.")
+    steps_per_epoch = max(1, int(train_size) // int(config.batch_size))
+    if config.num_train_steps > 0:
+        total = int(config.num_train_steps)
+    elif config.num_epochs > 0:
+        total = int(round(config.num_epochs * steps_per_epoch))
+    else:
+        raise ValueError("Set config.num_train_steps or config.num_epochs to a positive value.")
+
+    def period(value) -> int:
+        return int(value) if value > 0 else steps_per_epoch
+
+    return RunLength(
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        log_every=max(1, int(config.log_every_steps)),
+        eval_every=period(config.eval_every_steps),
+        checkpoint_every=period(config.checkpoint_every_steps),
+    )
+
+
+def sam_rho(config) -> float:
+    """SAM radius of the optimizer section: 0 when SAM is off."""
+    return float(config.optim.sam_rho) if config.optim.sam else 0.0
