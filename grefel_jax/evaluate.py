@@ -255,9 +255,7 @@ def main(argv: Sequence[str]) -> None:
     del argv
     from absl import flags
 
-    from grefel_jax import logging_utils
-
-    from grefel_jax import cli
+    from grefel_jax import cli, logging_utils
     from grefel_jax.data import errors as data_errors
 
     FLAGS = flags.FLAGS
