@@ -13,8 +13,8 @@ contiguous slice of `B / P` of them. So
   step (`start_step`) and needs no saved iterator state, on any topology.
 
 Per record: decode, label noise (a function of the record index, so every host and every
-resumed run agree), augmentation, ImageNet normalization. Batches are prepared ahead by grain's read thread (and worker
-processes if `num_workers > 0`) while the jitted step runs.
+resumed run agree), augmentation, ImageNet normalization. Batches are prepared ahead by
+grain's read thread (and worker processes if `num_workers > 0`) while the jitted step runs.
 
 Evaluation reads the split in record order, padded to a multiple of the global batch with
 masked copies of record 0, so every example counts exactly once (`mask` is False on padding).
