@@ -52,6 +52,7 @@ def decode_image_bytes(data: bytes, name: str = "image") -> np.ndarray:
     except Image.UnidentifiedImageError as e:
         raise ImageReadError(f"{name}: not an image file PIL can read.") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # OSError covers truncated files and unsupported codecs; SyntaxError broken headers.
         raise ImageReadError(f"{name}: cannot decode ({type(e).__name__}: {e}).") from e
 
 
@@ -73,21 +74,14 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     try:
-        with Image.open(path) as image:
-            image.load()
-            image = exif_upright(image)
-            return pil_to_rgb(image)
-    except ImageReadError as e:
-        raise ImageReadError(f"{path}: {e}") from e
+        data = path.read_bytes()
     except FileNotFoundError as e:
         raise ImageReadError(f"{path}: no such file.") from e
     except IsADirectoryError as e:
         raise ImageReadError(f"{path}: is a directory.") from e
-    except Image.UnidentifiedImageError as e:
-        raise ImageReadError(f"{path}: not an image file PIL can read.") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        # OSError covers truncated files and unsupported codecs; SyntaxError broken headers.
-        raise ImageReadError(f"{path}: cannot decode ({type(e).__name__}: {e}).") from e
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot read ({e.strerror or e}).") from e
+    return decode_image_bytes(data, str(path))
 
 
 def exif_upright(image: Image.Image) -> Image.Image:

@@ -57,14 +57,21 @@ def tiny_config(data_config):
 # sum of n terms carries a relative rounding error of at most ~n * 2^-24 and typically
 # ~sqrt(n) * 2^-24; the model's gradient against a float64 run of the same step is off by
 # 1e-5 (relative, global norm; docs/numerics.md), so two float32 orders are expected to agree
-# to about that. One SGD step moves every parameter by lr * g, so the relative difference of
-# the updates is the relative difference of the gradients: we allow 1e-4 per parameter
-# tensor (10x the measured float32 error), measured as ||u_8 - u_1|| / ||u_1||. After 20
-# steps the rounding differences have been fed through 20 nonlinear updates and grow; the
-# test allows 1e-3 of the distance travelled. An ill-conditioned model (issue 9: the fusion
-# ViT's readout at init, 8 % differences) fails both by orders of magnitude.
+# to about that. One SGD step moves the parameters by lr * g, so the relative difference of
+# all updates together, ||u_8 - u_1|| / ||u_1||, is the relative difference of the gradients:
+# we allow 1e-4 (10x the measured float32 error). After 20 steps the rounding differences
+# have been fed through 20 nonlinear updates and grow: 1e-3 of the distance travelled.
+#
+# Per parameter tensor the differences are larger where a gradient is a small difference of
+# large terms: at step 1 the classifier's last layer is zero, so every other gradient comes
+# from SAM's ascent step through that layer and from a batch sum of (p - y) whose terms
+# nearly cancel; up to 5.5e-4 was measured (SE block of the ViT). A per-tensor bound of 1e-2
+# leaves room for that and still fails the ill-conditioned model of issue 9 (8 % on
+# VIT/pos_embed after one step). Attention key biases are left out of the per-tensor bound
+# (their exact gradient is zero, see the test).
 ONE_STEP_RTOL = 1e-4
 TWENTY_STEP_RTOL = 1e-3
+PER_TENSOR_RTOL = 1e-2
 
 
 @pytest.fixture(scope="module")
@@ -101,17 +108,20 @@ def sharded_vs_single(tiny_faces_config):
     return runs
 
 
-def _relative_update_differences(initial, a, b):
-    """Per parameter path: ||(a - p0) - (b - p0)|| / ||a - p0||, for parameters that moved."""
-    out = {}
+def _update_differences(initial, a, b):
+    """Relative difference of the updates a - p0 and b - p0: (over all tensors together,
+    {path: per tensor}) for the tensors that moved."""
+    per_tensor, total_diff, total_norm = {}, 0.0, 0.0
     flat_0 = jax.tree_util.tree_flatten_with_path(initial)[0]
     for (path, p0), pa, pb in zip(flat_0, jax.tree.leaves(a), jax.tree.leaves(b)):
         ua = np.asarray(pa, np.float64) - np.asarray(p0, np.float64)
         ub = np.asarray(pb, np.float64) - np.asarray(p0, np.float64)
         norm = np.linalg.norm(ua)
+        total_diff += np.sum((ua - ub) ** 2)
+        total_norm += norm**2
         if norm > 0:
-            out[jax.tree_util.keystr(path)] = float(np.linalg.norm(ua - ub) / norm)
-    return out
+            per_tensor[jax.tree_util.keystr(path)] = float(np.linalg.norm(ua - ub) / norm)
+    return float(np.sqrt(total_diff / total_norm)), per_tensor
 
 
 @needs_8
@@ -120,15 +130,21 @@ def test_sharded_step_equals_single_device_step(sharded_vs_single):
     assert any("fsdp" in spec for spec in sharded["specs"])  # some params really are split
     np.testing.assert_allclose(sharded["losses"][0], single["losses"][0], rtol=1e-5)
     for step, rtol in [(1, ONE_STEP_RTOL), (20, TWENTY_STEP_RTOL)]:
-        for tree in ("params", "batch_stats"):
-            diffs = _relative_update_differences(
-                getattr(single["initial"], tree),
-                getattr(single["after"][step], tree),
-                getattr(sharded["after"][step], tree),
-            )
-            assert diffs, tree
-            worst = max(diffs, key=diffs.get)
-            assert diffs[worst] < rtol, f"step {step} {tree}{worst}: {diffs[worst]:.2e}"
+        total, per_tensor = _update_differences(
+            single["initial"].params, single["after"][step].params, sharded["after"][step].params
+        )
+        assert total < rtol, f"step {step}: all parameters {total:.2e}"
+        # Attention key biases add the same amount to every logit of a query, which softmax
+        # cancels: their gradient is zero in exact arithmetic and pure rounding in float32.
+        per_tensor = {k: v for k, v in per_tensor.items() if not k.endswith("['key']['bias']")}
+        worst = max(per_tensor, key=per_tensor.get)
+        assert per_tensor[worst] < PER_TENSOR_RTOL, f"step {step} {worst}: {per_tensor[worst]}"
+        # Running statistics: many are near zero (means after a normalisation), so absolute.
+        for a, b in zip(
+            jax.tree.leaves(single["after"][step].batch_stats),
+            jax.tree.leaves(sharded["after"][step].batch_stats),
+        ):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-5)
     np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-3)
 
 
@@ -148,7 +164,8 @@ def test_dropout_bits_do_not_depend_on_the_sharding():
 def test_training_moves_what_it_should_and_keeps_frozen_params(sharded_vs_single):
     run = sharded_vs_single["sharded"]
     before, after = run["initial"], run["after"][20]
-    assert np.mean(run["losses"][-5:]) < np.mean(run["losses"][:5]), run["losses"]
+    # (No check that the total loss falls: over these 20 steps the trust ramp tau = t / 20
+    # switches the anchor and center terms on, so the total rises by construction.)
     # The landmark network is frozen: parameters and BN statistics unchanged...
     for tree in ("params", "batch_stats"):
         for a, b in zip(
@@ -294,4 +311,4 @@ def test_busy_workdir_fails_in_one_line(tiny_faces_config, tmp_path):
             f"--config.data.data_dir={tiny_faces_config.data_dir}",
         )
     assert result.returncode == 2
-    assert "already in use" in result.stderr and "Traceback" not in result.stderr
+    assert "is in use by another run" in result.stderr and "Traceback" not in result.stderr

@@ -12,6 +12,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from grefel_jax.checkpoints.inference import load_inference_checkpoint
 from grefel_jax.checkpoints.paths import CheckpointError
+from grefel_jax.checkpoints.shapes import shape_problems
 
 PyTree = Any
 
@@ -38,15 +39,10 @@ def merge_pretrained(
     for collection in ("params", "batch_stats"):
         base = flatten_dict(init_variables.get(collection, {}))
         new = flatten_dict(loaded.get(collection, {}))
-        for key, arr in new.items():
-            if key not in base:
-                problems.append(f"{collection}/{'/'.join(key)}: not in the model")
-            elif tuple(arr.shape) != tuple(base[key].shape):
-                problems.append(
-                    f"{collection}/{'/'.join(key)}: shape {tuple(arr.shape)} vs model "
-                    f"{tuple(base[key].shape)}"
-                )
-            else:
+        collection_problems = shape_problems(new, base, collection)
+        problems += collection_problems
+        if not collection_problems:
+            for key, arr in new.items():
                 base[key] = np.asarray(arr, dtype=base[key].dtype)
                 modules.add(key[0])
         merged[collection] = unflatten_dict(base)

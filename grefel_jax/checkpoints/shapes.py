@@ -27,6 +27,27 @@ def expected_variable_shapes(model_config: ModelConfig) -> dict[str, PyTree]:
     return {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
 
 
+def shape_problems(
+    got: Mapping[tuple, Any], want: Mapping[tuple, Any], collection: str
+) -> list[str]:
+    """One line per key of `got` that `want` lacks or holds with another shape.
+
+    Args:
+      got / want: flattened (`flax.traverse_util.flatten_dict`) arrays or ShapeDtypeStructs.
+      collection: 'params' or 'batch_stats', for the messages.
+    """
+    problems = []
+    for key, arr in got.items():
+        name = f"{collection}/{'/'.join(key)}"
+        if key not in want:
+            problems.append(f"{name}: not in the model")
+        elif tuple(arr.shape) != tuple(want[key].shape):
+            problems.append(
+                f"{name}: shape {tuple(arr.shape)}, model expects {tuple(want[key].shape)}"
+            )
+    return problems
+
+
 def check_variable_shapes(
     variables: Mapping[str, PyTree], model_config: ModelConfig, *, where: str
 ) -> None:
@@ -41,14 +62,7 @@ def check_variable_shapes(
         got = flatten_dict(variables.get(collection, {}))
         want = flatten_dict(expected.get(collection, {}))
         present_modules = {k[0] for k in got}
-        for key, arr in got.items():
-            if key not in want:
-                problems.append(f"{collection}/{'/'.join(key)}: not in the model")
-            elif tuple(arr.shape) != tuple(want[key].shape):
-                problems.append(
-                    f"{collection}/{'/'.join(key)}: shape {tuple(arr.shape)}, "
-                    f"model expects {tuple(want[key].shape)}"
-                )
+        problems += shape_problems(got, want, collection)
         for key in want:
             if key[0] in present_modules and key not in got:
                 problems.append(f"{collection}/{'/'.join(key)}: missing")
