@@ -289,3 +289,25 @@ def test_prepare_cli(tmp_path):
         text=True,
     )
     assert bad.returncode == 1 and "fer2013new.csv" in bad.stderr
+
+
+def test_builders_and_prediction_convert_files_alike(tmp_path):
+    """A stored training image and `predict`'s decode of the same file are the same pixels."""
+    import io
+
+    from PIL import Image
+
+    from grefel_jax.data.builders import base
+    from grefel_jax.inference import images
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (12, 14, 4), dtype=np.uint8)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[..., 0], mode="L").convert("P").save(tmp_path / "palette.gif")
+    Image.fromarray(rng.integers(0, 65536, (12, 14), dtype=np.uint16)).save(tmp_path / "g16.png")
+    Image.fromarray(rgba, mode="CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "rgb.tif")  # re-encoded as PNG
+    for path in sorted(tmp_path.iterdir()):
+        stored = base.load_rgb_image(path, skip_corrupt=False, corrupt=base.CorruptCounter())
+        pixels = np.asarray(Image.open(io.BytesIO(stored)).convert("RGB"))
+        np.testing.assert_array_equal(pixels, images.load_image(path), err_msg=path.name)

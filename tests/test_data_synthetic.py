@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from grefel_jax.data import classes
+from grefel_jax.data import classes, face_geometry
 from grefel_jax.data import synthetic_faces as sf
 
 
@@ -38,11 +38,11 @@ def test_landmarks_are_the_drawn_points():
 
 def test_expression_geometry_follows_action_units():
     rng = np.random.default_rng(0)
-    ident = sf._Identity(rng)
+    ident = face_geometry.Identity(rng)
     names = sf.LANDMARK_NAMES
 
     def geometry(class_name):
-        return sf._face_geometry(ident, sf.PROTOTYPES[classes.RAF_DB.index(class_name)])[
+        return face_geometry.face_geometry(ident, sf.PROTOTYPES[classes.RAF_DB.index(class_name)])[
             "landmarks"
         ]
 

@@ -76,6 +76,14 @@ def test_grayscale_rgba_palette_and_16_bit_files(tmp_path):
     Image.fromarray(gray, mode="L").convert("P").save(tmp_path / "palette.gif")
     np.testing.assert_array_equal(images.load_image(tmp_path / "palette.gif")[..., 0], gray)
 
+    # CMYK JPEG (print workflows): PIL's conversion; pure cyan + magenta = blue.
+    cmyk = np.zeros((16, 16, 4), np.uint8)
+    cmyk[..., 0] = cmyk[..., 1] = 255
+    Image.fromarray(cmyk, mode="CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    loaded = images.load_image(tmp_path / "cmyk.jpg")
+    assert loaded.shape == (16, 16, 3) and loaded.dtype == np.uint8
+    np.testing.assert_allclose(loaded.mean(axis=(0, 1)), [0, 0, 255], atol=6)
+
     gray16 = (np.arange(20 * 30).reshape(20, 30) * 100).astype(np.uint16)
     cv2.imwrite(str(tmp_path / "gray16.png"), gray16)
     loaded = images.load_image(tmp_path / "gray16.png")

@@ -1,4 +1,4 @@
-"""Every orbax call of the project, split by job (docs/checkpoints.md):
+"""Every orbax call of the project, split by job (formats: docs/checkpoints.md §6d):
 
 * `paths`: the on-disk layouts and `CheckpointError`;
 * `record`: `ModelRecord`, the model description saved with every checkpoint;

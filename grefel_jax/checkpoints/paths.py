@@ -16,6 +16,7 @@ Two layouts are ours:
       WORKDIR/checkpoints/<step>/model_record  the ModelRecord as JSON (model config, class
                                                names, dataset, preprocessing)
       WORKDIR/model_record.json                the same, written when training starts
+      WORKDIR/unreadable_checkpoints/<step>    steps that failed to restore, set aside
 
   (Older checkpoints hold a `model_config` item instead of `model_record`: still read.)
 """
@@ -34,6 +35,8 @@ RECORD_FILE = "model_record.json"
 RECORD_ITEM = "model_record"
 LEGACY_CONFIG_ITEM = "model_config"
 BEST_METRIC_FILE = "best_metric.json"
+# Steps that failed to restore are moved here (beside checkpoints/, which orbax lists).
+UNREADABLE_DIR = "unreadable_checkpoints"
 
 
 class CheckpointError(ValueError):

@@ -184,10 +184,34 @@ class TrainCheckpointer:
                 continue
             if failures:
                 logging.warning("Resuming from step %d (skipped: %s).", step, "; ".join(failures))
+                self._set_aside([s for s in steps if s > step])
             return dict(restored["model"]), dict(restored["train"]), step
         raise CheckpointError(
             f"{self.directory}: no checkpoint could be read: " + "; ".join(failures)
         )
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves unreadable steps to WORKDIR/unreadable_checkpoints/<step>.
+
+        The resumed run saves those step numbers again, which orbax refuses while they exist;
+        moving them (rather than deleting) keeps the files for whoever wants to inspect them.
+        """
+        if jax.process_index() == 0:
+            target = self.directory.parent / paths.UNREADABLE_DIR
+            target.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                destination = target / str(step)
+                suffix = 1
+                while destination.exists():  # set aside before: keep both
+                    destination = target / f"{step}.{suffix}"
+                    suffix += 1
+                (self.directory / str(step)).rename(destination)
+                logging.warning("Moved unreadable step %d to %s.", step, destination)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("grefel_jax: unreadable steps set aside")
+        self._manager.reload()
 
     def reached_preemption(self, step: int) -> bool:
         """True when the JAX preemption service (multi-host TPU/GPU) asks every host to stop."""

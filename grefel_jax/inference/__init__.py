@@ -4,13 +4,13 @@
 .predict(images)` the Python API.
 """
 
+from grefel_jax.inference.class_names import resolve_class_names
 from grefel_jax.inference.faces import FaceBox, FaceDetector, crop, crop_box
 from grefel_jax.inference.images import ImageReadError, load_image, to_uint8_rgb
 from grefel_jax.inference.predictor import (
     FacePrediction,
     ImagePrediction,
     Predictor,
-    resolve_class_names,
 )
 
 __all__ = [
