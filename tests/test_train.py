@@ -119,17 +119,26 @@ def sharded_vs_single(tiny_faces_config):
 
 def _update_differences(initial, a, b):
     """Relative difference of the updates a - p0 and b - p0: (over all tensors together,
-    {path: per tensor}) for the tensors that moved."""
+    {path: per tensor}) for the tensors that moved.
+
+    Per tensor, the difference that float32 storage alone can make is subtracted first: an
+    update of a few ULPs of its parameters (a tensor whose gradient is nearly zero) is
+    quantised, so one rounding step more or less is a large relative change that says nothing
+    about the computation (measured: 1/27 on `attn1/qkv/kernel` with jax 0.12). The floor is
+    one ULP per element, sqrt(sum(spacing(p)^2))."""
     per_tensor, total_diff, total_norm = {}, 0.0, 0.0
     flat_0 = jax.tree_util.tree_flatten_with_path(initial)[0]
     for (path, p0), pa, pb in zip(flat_0, jax.tree.leaves(a), jax.tree.leaves(b)):
         ua = np.asarray(pa, np.float64) - np.asarray(p0, np.float64)
         ub = np.asarray(pb, np.float64) - np.asarray(p0, np.float64)
         norm = np.linalg.norm(ua)
-        total_diff += np.sum((ua - ub) ** 2)
+        diff = np.linalg.norm(ua - ub)
+        total_diff += diff**2
         total_norm += norm**2
         if norm > 0:
-            per_tensor[jax.tree_util.keystr(path)] = float(np.linalg.norm(ua - ub) / norm)
+            ulp_floor = np.linalg.norm(np.spacing(np.abs(np.asarray(pa, np.float32))))
+            excess = max(diff - ulp_floor, 0.0)
+            per_tensor[jax.tree_util.keystr(path)] = float(excess / norm)
     return float(np.sqrt(total_diff / total_norm)), per_tensor
 
 
