@@ -69,10 +69,12 @@ def _inputs(image_size: int, num_classes: int, batch_size: int):
     return jnp.asarray(images), jnp.asarray(labels)
 
 
-def readout_std(variant: str, vit_init_std) -> float:
-    """Mean over dimensions of the batch std of the ViT output `embedding (B, vit_dim)`."""
-    overrides = {} if vit_init_std == "default" else {"vit_init_std": vit_init_std}
-    model_config = make_model_config(variant=variant, num_classes=7, backbone_overrides=overrides)
+def readout_std(variant: str, backbone_overrides: dict | None = None) -> float:
+    """Mean over dimensions of the batch std of the ViT output `embedding (B, vit_dim)`, for
+    8 random images `(8, S, S, 3)` float32."""
+    model_config = make_model_config(
+        variant=variant, num_classes=7, backbone_overrides=backbone_overrides
+    )
     model = settings.make_model(model_config)
     variables = init_variables(model, jax.random.key(0))
     images, _ = _inputs(model_config.backbone.image_size, 7, 8)
@@ -143,9 +145,9 @@ def main(argv):
         "gradient_split_rel_diff": {},
     }
     if FLAGS.paper:
-        result["readout_std"]["paper"] = readout_std("paper", "default")
+        result["readout_std"]["paper"] = readout_std("paper")
     for name, std in INITS.items():
-        result["readout_std"][f"tiny_{name}"] = readout_std("tiny", std)
+        result["readout_std"][f"tiny_{name}"] = readout_std("tiny", {"vit_init_std": std})
     for name, std in INITS.items():
         for variance in ("one_pass", "two_pass"):
             for devices in (2, 8):

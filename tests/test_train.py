@@ -100,7 +100,7 @@ def sharded_vs_single(tiny_faces_config):
     runs = {}
     for name, mesh in [
         ("single", sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])),
-        ("sharded", sharding.make_mesh({"data": 2, "fsdp": 4})),
+        ("sharded", sharding.make_mesh(config.mesh)),  # (2, 4), as the resume test
     ]:
         trainer = build_trainer(config, info, mesh)
         state = trainer.init_state(jax.random.key(0))
