@@ -74,7 +74,7 @@ def bezier(a, m, b, n: int = 8) -> np.ndarray:
 
 
 def thick_curve(points: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """Polygon of a polyline with per-point half-widths (tapered brows)."""
+    """Polygon (2n, 2) of a polyline `points (n, 2)` with half-widths `widths (n,)` (brows)."""
     d = np.gradient(points, axis=0)
     normal = np.stack([-d[:, 1], d[:, 0]], axis=1)
     normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-6
@@ -90,14 +90,17 @@ def _unit_circle(n: int) -> np.ndarray:
 
 
 def ellipse(center, rx, ry, n: int = 24) -> np.ndarray:
+    """(n, 2) float32 points of the axis-aligned ellipse at `center (2,)` with radii rx, ry."""
     return _unit_circle(n) * np.array([rx, ry], np.float32) + np.asarray(center, np.float32)
 
 
 def poly(points: np.ndarray) -> list[tuple[float, float]]:
+    """`points (n, 2)` as the list of (x, y) tuples that PIL's ImageDraw takes."""
     return [tuple(p) for p in points.tolist()]
 
 
 def color(rgb) -> tuple[int, int, int]:
+    """A float RGB triple `(3,)`, clipped to [0, 255], as PIL's integer colour tuple."""
     c = np.clip(np.asarray(rgb), 0, 255).astype(int)
     return int(c[0]), int(c[1]), int(c[2])
 
@@ -132,7 +135,18 @@ class Identity:
 
 
 def face_geometry(ident: Identity, aus: np.ndarray) -> dict[str, np.ndarray]:
-    """All drawn shapes and landmarks in the canonical frame for identity + AUs."""
+    """All drawn shapes and landmarks in the canonical frame for identity + AUs.
+
+    Args:
+      ident: the face's Identity.
+      aus: (NUM_ACTION_UNITS,) float32 AU intensities, ACTION_UNITS order.
+
+    Returns:
+      dict of shapes in canonical units: polygons `(n, 2)` (`face`, `mouth_outer`, `mouth_inner`),
+      lists of them (`eyes`, `lids`, `brows`), `pupils`, `nose`, scalars (`mouth_open`,
+      `nose_wrinkle`, `teeth`),
+      `landmarks (NUM_LANDMARKS, 2)` float32 and `au` (AU name -> float).
+    """
     au = {k: float(aus[i]) for k, i in AU_INDEX.items()}
     g: dict[str, np.ndarray] = {}
     jaw = au["AU26"]
