@@ -115,7 +115,8 @@ class ProgressLogger:
             f" | {rates['steps_per_s']:.2f} steps/s | {rates['images_per_s']:.1f} img/s"
             f" | ETA {eta_text}"
         )
-        logging.info(text)
+        if jax.process_index() == 0:  # one line per step, not one per host
+            logging.info(text)
         return text
 
 

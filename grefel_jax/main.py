@@ -39,7 +39,10 @@ def main(argv):
     config = FLAGS.config
     if config.mode not in MODES:
         cli.fail(f"config.mode={config.mode!r}: expected one of {MODES}.")
-    sharding.maybe_initialize_distributed()
+    try:
+        sharding.maybe_initialize_distributed()
+    except ValueError as e:  # a launcher set an inconsistent environment
+        cli.fail(str(e))
     # absl logging to stderr with times, plus python logging from the library modules.
     logging.use_absl_handler()
     std_logging.getLogger().setLevel(std_logging.INFO)

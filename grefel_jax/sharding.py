@@ -35,7 +35,9 @@ def maybe_initialize_distributed() -> None:
 
     Cloud TPU pods (TPU_WORKER_HOSTNAMES / MEGASCALE), Slurm jobs with more than one task and
     an explicit coordinator (JAX_COORDINATOR_ADDRESS) are detected; a single process does
-    nothing. JAX auto-detects the cluster details itself.
+    nothing. On TPU and Slurm, JAX finds the process count and index itself. Anywhere else
+    (e.g. `grefel_jax.local_cluster`, a plain multi-node launcher), JAX_COORDINATOR_ADDRESS
+    comes with JAX_NUM_PROCESSES and JAX_PROCESS_ID (docs/multiprocess.md).
     """
     env = os.environ
     multi = (
@@ -44,15 +46,29 @@ def maybe_initialize_distributed() -> None:
         or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
         or "MEGASCALE_COORDINATOR_ADDRESS" in env
     )
-    if multi and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
-        logging.info(
-            "jax.distributed: process %d of %d, %d local / %d global devices",
-            jax.process_index(),
-            jax.process_count(),
-            jax.local_device_count(),
-            jax.device_count(),
-        )
+    if not multi or jax.distributed.is_initialized():
+        return
+    kwargs = {}
+    if "JAX_NUM_PROCESSES" in env or "JAX_PROCESS_ID" in env:
+        try:
+            kwargs = dict(
+                coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                num_processes=int(env["JAX_NUM_PROCESSES"]),
+                process_id=int(env["JAX_PROCESS_ID"]),
+            )
+        except (KeyError, ValueError) as e:
+            raise ValueError(
+                "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID must be set "
+                f"together, the last two as integers (problem: {e})."
+            ) from None
+    jax.distributed.initialize(**kwargs)
+    logging.info(
+        "jax.distributed: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
 
 def make_mesh(mesh_config: Mapping[str, int], devices=None) -> Mesh:
