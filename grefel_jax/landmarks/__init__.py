@@ -1,0 +1,1 @@
+"""Landmark network pretraining (issue 10): losses and metrics so far."""
