@@ -259,9 +259,9 @@ def main(argv: Sequence[str]) -> None:
     from grefel_jax.data import errors as data_errors
 
     FLAGS = flags.FLAGS
-    sharding.maybe_initialize_distributed()
     logging_utils.quiet_library_logs()
     try:
+        sharding.maybe_initialize_distributed()  # ValueError: inconsistent cluster environment
         config = FLAGS.config
         if config is None:
             config = load_workdir_config(FLAGS.checkpoint)

@@ -28,6 +28,18 @@ def _point_distance(pred: jnp.ndarray, target: jnp.ndarray) -> tuple[jnp.ndarray
     return dist, valid.astype(jnp.float32)
 
 
+def _coordinate_errors(pred: jnp.ndarray, target: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """|pred - target| per coordinate (B, N, 2), 0 where the target is missing (NaN), and
+    the validity mask (B, N, 2) bool; the inner where keeps NaN out of the gradient."""
+    valid = jnp.isfinite(target)
+    return jnp.abs(jnp.where(valid, pred - jnp.where(valid, target, 0.0), 0.0)), valid
+
+
+def _valid_mean(values: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
+    """Mean of `values` over the valid entries (0 when none is valid)."""
+    return jnp.sum(values * valid) / jnp.maximum(jnp.sum(valid), 1)
+
+
 def wing_loss(
     pred: jnp.ndarray, target: jnp.ndarray, w: float = 0.1, epsilon: float = 0.02
 ) -> jnp.ndarray:
@@ -42,11 +54,10 @@ def wing_loss(
     Returns:
       scalar loss.
     """
-    valid = jnp.isfinite(target)
-    x = jnp.abs(jnp.where(valid, pred - jnp.where(valid, target, 0.0), 0.0))
+    x, valid = _coordinate_errors(pred, target)
     c = w - w * jnp.log1p(w / epsilon)
     per = jnp.where(x < w, w * jnp.log1p(x / epsilon), x - c)
-    return jnp.sum(per * valid) / jnp.maximum(jnp.sum(valid), 1)
+    return _valid_mean(per, valid)
 
 
 def smooth_l1_loss(pred: jnp.ndarray, target: jnp.ndarray, beta: float = 0.01) -> jnp.ndarray:
@@ -57,10 +68,9 @@ def smooth_l1_loss(pred: jnp.ndarray, target: jnp.ndarray, beta: float = 0.01) -
     Returns:
       scalar loss.
     """
-    valid = jnp.isfinite(target)
-    x = jnp.abs(jnp.where(valid, pred - jnp.where(valid, target, 0.0), 0.0))
+    x, valid = _coordinate_errors(pred, target)
     per = jnp.where(x < beta, 0.5 * x * x / beta, x - 0.5 * beta)
-    return jnp.sum(per * valid) / jnp.maximum(jnp.sum(valid), 1)
+    return _valid_mean(per, valid)
 
 
 def nme(
