@@ -33,15 +33,18 @@ PyTree = Any
 def maybe_initialize_distributed() -> None:
     """Calls `jax.distributed.initialize()` when the environment describes several processes.
 
-    Cloud TPU pods (TPU_WORKER_HOSTNAMES / MEGASCALE), Slurm jobs with more than one task and
-    an explicit coordinator (JAX_COORDINATOR_ADDRESS) are detected; a single process does
+    Detected: GKE TPU pods (TPU_WORKER_HOSTNAMES / MEGASCALE), Slurm jobs with more than one
+    task, an explicit coordinator (JAX_COORDINATOR_ADDRESS), and GREFEL_DISTRIBUTED=1, which
+    `launch/tpu_vm.sh` sets on the hosts of a TPU VM pod slice (there JAX reads the topology
+    from the VM's metadata server, which we do not query on every start). A single process does
     nothing. On TPU and Slurm, JAX finds the process count and index itself. Anywhere else
     (e.g. `grefel_jax.local_cluster`, a plain multi-node launcher), JAX_COORDINATOR_ADDRESS
     comes with JAX_NUM_PROCESSES and JAX_PROCESS_ID (docs/multiprocess.md).
     """
     env = os.environ
     multi = (
-        "JAX_COORDINATOR_ADDRESS" in env
+        env.get("GREFEL_DISTRIBUTED") == "1"
+        or "JAX_COORDINATOR_ADDRESS" in env
         or int(env.get("SLURM_NTASKS", "1")) > 1
         or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
         or "MEGASCALE_COORDINATOR_ADDRESS" in env

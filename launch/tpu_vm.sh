@@ -5,8 +5,9 @@
 #   WORKDIR=gs://my-bucket/runs/rafdb DATA_DIR=gs://my-bucket/tensorflow_datasets \
 #   bash launch/tpu_vm.sh [--config.optim.lr_backbone=1e-5 ...]
 #
-# Every host runs `python -m grefel_jax.main`; jax.distributed.initialize() is called
-# automatically on pods (grefel_jax.sharding.maybe_initialize_distributed), each host reads its
+# Every host runs `python -m grefel_jax.main` with GREFEL_DISTRIBUTED=1, so that it calls
+# jax.distributed.initialize() (grefel_jax.sharding.maybe_initialize_distributed; JAX finds the
+# hosts and this host's index from the TPU VM's metadata), each host reads its
 # own share of the data (grain ShardByJaxProcess), and orbax writes one checkpoint to WORKDIR
 # (use a GCS bucket so that every host sees it). A re-run with the same WORKDIR resumes.
 #
@@ -31,6 +32,6 @@ gcloud compute tpus tpu-vm ssh "${TPU_NAME}" --zone "${ZONE}" --worker=all --com
     .venv/bin/pip install --quiet 'jax[tpu]' -r requirements.txt
     .venv/bin/pip install --quiet --no-deps -e .
   fi
-  .venv/bin/python -m grefel_jax.main --config ${CONFIG} --workdir ${WORKDIR} \
+  GREFEL_DISTRIBUTED=1 .venv/bin/python -m grefel_jax.main --config ${CONFIG} --workdir ${WORKDIR} \
       --config.data.data_dir=${DATA_DIR} ${EXTRA_ARGS}
 "
