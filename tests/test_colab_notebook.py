@@ -31,7 +31,6 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     monkeypatch.setenv("GREFEL_QUICK", "1")
     monkeypatch.setenv("GREFEL_INSTALL", "0")
     monkeypatch.setenv("GREFEL_WORK", str(tmp_path))
-    monkeypatch.setenv("MPLBACKEND", "agg")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(
         notebook,
