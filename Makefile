@@ -26,8 +26,10 @@ $(STAMP): $(PY) $(DEPS)
 
 setup: $(STAMP)
 
+# Two workers, whole files each: the two longest files (training, multi-process) run side by
+# side, and module fixtures are built once.
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -q tests
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # The embedded default: generate the synthetic faces (skipped when already built), train and
 # evaluate the tiny model into $(DEMO_DIR), then predict on faces from no split. Re-running

@@ -4,7 +4,6 @@ left out (GREFEL_INSTALL=0): the kernel runs in the environment that runs the te
 
 from __future__ import annotations
 
-import os
 import pathlib
 import subprocess
 
