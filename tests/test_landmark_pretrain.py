@@ -84,3 +84,12 @@ def test_init_from_loads_the_pretrained_trunk_into_grefel(pretrained):
             np.testing.assert_array_equal(got[key], value, err_msg=str(key))
     # Everything else stays as initialised.
     assert not any(np.any(v) for v in flatten_dict(merged["params"]["ir_back"]).values())
+
+
+def test_datasets_without_the_layout_fail_in_one_line(tiny_faces_config):
+    from grefel_jax.landmarks import data, points
+
+    with pytest.raises(ValueError, match=r"synthetic_faces/tiny_64 stores landmarks of shape"):
+        data.check_landmark_dataset(tiny_faces_config, points.IBUG_68)
+    with pytest.raises(ValueError, match=r"config.data.name='raf_db' has no landmark layout"):
+        points.layout_for("raf_db")

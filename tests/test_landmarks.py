@@ -105,6 +105,10 @@ def test_flip_moves_the_left_eye_to_the_mirrored_right_eye_index():
     assert np.unravel_index(np.argmax(out[..., 0]), (s, s)) == (10, s - 1 - 24)
     _, twice = augment.augment_train_example(image, moved, s, _aug(), flip, layout.flip_permutation)
     np.testing.assert_allclose(twice, pts)
+    # A missing point (NaN, as AffectNet stores them) stays missing, at its new index.
+    pts[right_eye] = np.nan
+    _, missing = augment.augment_train_example(image, pts, s, _aug(), flip, layout.flip_permutation)
+    assert np.isnan(missing[left_eye]).all() and np.isfinite(np.delete(missing, left_eye, 0)).all()
     # No flip drawn: points only pass through the (identity) resize.
     _, same = augment.augment_train_example(
         image, pts, s, _aug(), _FixedDraws(0.9), layout.flip_permutation

@@ -20,24 +20,27 @@ The workdir is a training workdir like any other: `--config.init_from=W` in
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import jax
 import numpy as np
 from etils import epath
 
-from grefel_jax import checkpoints, logging_utils, optim, settings, sharding
+from grefel_jax import checkpoints, logging_utils, optim, sharding
 from grefel_jax.landmarks import data as landmark_data
 from grefel_jax.landmarks import evaluate as landmark_eval
-from grefel_jax.landmarks import model as landmark_model
 from grefel_jax.landmarks.points import layout_for
+from grefel_jax.landmarks.trainer import LandmarkTrainer, build_landmark_trainer
 from grefel_jax.train import StopSignal
 from grefel_jax.train_state import TrainState
 
 
 def pretrain(config, workdir: str) -> dict:
-    """Trains (resuming from `workdir`), then writes the report; returns the report dict."""
+    """Trains (resuming from `workdir`), then writes the report.
+
+    Returns:
+      The report (`landmarks_eval.json`'s dict), or {} when the run stopped early (SIGTERM).
+    """
     from grefel_jax.data import pipeline
 
     layout = layout_for(config.data.name)
@@ -45,50 +48,9 @@ def pretrain(config, workdir: str) -> dict:
     landmark_data.check_landmark_dataset(config.data, layout)
     workdir = epath.Path(workdir)
     with checkpoints.WorkdirLock(workdir):
-        mesh = sharding.make_mesh(config.mesh)
-        sharding.check_batch_size(config.batch_size, mesh)
-        model_config = settings.model_config(config, info.num_classes)
-        size = model_config.backbone.image_size
-        model = landmark_model.LandmarkNet(
-            model_config.backbone, layout.num_points, settings.compute_dtype(config)
-        )
-        length = settings.run_length(config, info.split_sizes[config.data.train_split])
-
-        # Optimizer (one group: everything trains), state shardings, jitted functions.
-        abstract_params = jax.eval_shape(
-            lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, size, size, 3)), train=False)[
-                "params"
-            ]
-        )
-        tx, schedules = optim.make_optimizer(
-            config.optim,
-            landmark_model.all_trained_labels(abstract_params),
-            steps_per_epoch=length.steps_per_epoch,
-            total_steps=length.total_steps,
-        )
-        init_fn = functools.partial(landmark_model.init_state, model=model, tx=tx)
-        shapes = jax.eval_shape(init_fn, jax.random.key(0))
-        state_shardings = sharding.param_shardings(
-            shapes, mesh, fsdp_min_size=config.mesh.fsdp_min_size
-        )
-        batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("image", "points")}
-        step_fn = jax.jit(
-            functools.partial(
-                landmark_model.train_step,
-                model=model,
-                tx=tx,
-                loss_fn=landmark_model.loss_fn_for(config),
-            ),
-            in_shardings=(state_shardings, batch_shardings),
-            out_shardings=(state_shardings, sharding.replicated(mesh)),
-            donate_argnums=(0,),
-        )
-        eval_fn = landmark_eval.make_eval_fn(
-            functools.partial(landmark_model.predict, model=model), layout, mesh
-        )
-
+        trainer = build_landmark_trainer(config, info, layout, sharding.make_mesh(config.mesh))
         # Checkpoints carry a ModelRecord of the GReFEL model the trunk belongs to.
-        record = checkpoints.ModelRecord(model_config, dataset=info.full_name)
+        record = checkpoints.ModelRecord(trainer.model_config, dataset=info.full_name)
         logging_utils.write_run_info(workdir, config)
         checkpoints.write_record(workdir, record)
         checkpointer = checkpoints.TrainCheckpointer(
@@ -98,129 +60,130 @@ def pretrain(config, workdir: str) -> dict:
             best_mode="min",
             async_save=config.async_checkpoints,
         )
-        state = _initial_state(checkpointer, config, init_fn, shapes, state_shardings)
+        state = _initial_state(trainer, checkpointer, config)
         writer = logging_utils.MetricWriter(workdir)
-
-        def run_eval(variables, split):
-            return landmark_eval.evaluate(
-                eval_fn,
-                variables,
-                config.data,
-                split,
-                image_size=size,
-                global_batch_size=config.eval_batch_size,
-                mesh=mesh,
-            )
-
-        start_step = int(state.step)
-        train_iter = landmark_data.make_train_iterator(
-            config.data,
-            layout,
-            image_size=size,
-            global_batch_size=config.batch_size,
-            seed=config.seed,
-            start_step=start_step,
-        )
-        progress = logging_utils.ProgressLogger(
-            length.total_steps, config.batch_size, start_step, extra=("point_error",)
-        )
-        logging.info(
-            "Landmark pretraining: %d points, %d steps (global batch %d) on mesh %s from step %d.",
-            layout.num_points,
-            length.total_steps,
-            config.batch_size,
-            dict(mesh.shape),
-            start_step,
-        )
-        pending, step = [], start_step
-        with StopSignal() as stop:
-            while step < length.total_steps:
-                host_batch = next(train_iter)
-                batch = sharding.host_local_to_global(
-                    {"image": host_batch["image"], "points": host_batch["points"]}, mesh
-                )
-                state, metrics = step_fn(state, batch)
-                step += 1
-                pending.append(metrics)
-                if step == start_step + 1:
-                    progress.reset_timer(step)  # leave compilation out of the rates
-
-                if step % length.log_every == 0 or step == length.total_steps:
-                    averaged = _average(pending)
-                    pending = []
-                    rates = progress.rates(step)
-                    averaged["lr"] = float(schedules[optim.BACKBONE](step - 1))
-                    progress.line(step, averaged, rates)
-                    writer.write_scalars(step, {**averaged, **rates}, split="train")
-
-                last_eval = None
-                if step % length.eval_every == 0 or step == length.total_steps:
-                    result = run_eval(state.eval_variables(), config.data.eval_split)
-                    last_eval = {"nme": result["nme"]}
-                    writer.write_scalars(step, last_eval, split=config.data.eval_split)
-                    logging.info(
-                        "step %d: %s NME %.4f on %d faces.",
-                        step,
-                        config.data.eval_split,
-                        result["nme"],
-                        result["num_examples"],
-                    )
-                    progress.reset_timer(step)
-
-                stopping = stop.requested or checkpointer.reached_preemption(step)
-                if (
-                    step % length.checkpoint_every == 0
-                    or step == length.total_steps
-                    or stopping
-                    or last_eval
-                ):
-                    checkpointer.save(
-                        step,
-                        state.model_tree(),
-                        state.train_tree(),
-                        record,
-                        metrics=last_eval,
-                        force=True,
-                    )
-                if stopping:
-                    logging.warning("Stopped at step %d; the checkpoint resumes from here.", step)
-                    break
+        step = _loop(trainer, state, config, checkpointer, record, writer)
         checkpointer.close()
-
         report = {}
-        if step == length.total_steps:
-            report = _report(workdir, config, run_eval, writer, step)
+        if step == trainer.length.total_steps:
+            report = _report(trainer, workdir, config, writer, step)
         writer.close()
     return report
 
 
-def _initial_state(checkpointer, config, init_fn, shapes, state_shardings) -> TrainState:
-    """Resume > init_from > fresh (as in `grefel_jax.train`)."""
+def _initial_state(trainer: LandmarkTrainer, checkpointer, config) -> TrainState:
+    """Resume > init_from (e.g. a converted MobileFaceNet) > fresh, as in `grefel_jax.train`."""
     if checkpointer.latest_step() is not None:
-        target = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            shapes,
-            state_shardings,
-        )
+        target = trainer.abstract_state
         model, train, step = checkpointer.restore(target.model_tree(), target.train_tree())
         logging.info("Resumed from %s at step %d.", checkpointer.directory, step)
         return TrainState.from_trees(model, train)
-    state = jax.jit(init_fn, out_shardings=state_shardings)(jax.random.key(config.seed))
+    state = trainer.init(jax.random.key(config.seed))
     if config.init_from:
         current = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
         merged, _ = checkpoints.merge_pretrained(current, config.init_from)
+        shardings = trainer.state_shardings
         state = state.replace(
-            params=jax.device_put(merged["params"], state_shardings.params),
-            batch_stats=jax.device_put(merged["batch_stats"], state_shardings.batch_stats),
+            params=jax.device_put(merged["params"], shardings.params),
+            batch_stats=jax.device_put(merged["batch_stats"], shardings.batch_stats),
         )
     return state
 
 
-def _report(workdir, config, run_eval, writer, step) -> dict:
+def _evaluate(trainer: LandmarkTrainer, variables, config, split: str) -> dict:
+    return landmark_eval.evaluate(
+        trainer.eval_fn,
+        variables,
+        config.data,
+        split,
+        image_size=trainer.image_size,
+        global_batch_size=config.eval_batch_size,
+        mesh=trainer.mesh,
+    )
+
+
+def _loop(trainer: LandmarkTrainer, state, config, checkpointer, record, writer) -> int:
+    """Runs steps until the end or a stop request; returns the last step."""
+    length, mesh = trainer.length, trainer.mesh
+    start_step = int(state.step)
+    # The stream is a function of the step (data/pipeline.py): resuming = starting there.
+    train_iter = landmark_data.make_train_iterator(
+        config.data,
+        trainer.layout,
+        image_size=trainer.image_size,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        start_step=start_step,
+    )
+    progress = logging_utils.ProgressLogger(
+        length.total_steps, config.batch_size, start_step, extra=("point_error",)
+    )
+    logging.info(
+        "Landmark pretraining: %d points, %d steps (global batch %d) on mesh %s from step %d.",
+        trainer.layout.num_points,
+        length.total_steps,
+        config.batch_size,
+        dict(mesh.shape),
+        start_step,
+    )
+    pending, step = [], start_step
+    with StopSignal() as stop:
+        while step < length.total_steps:
+            host_batch = next(train_iter)
+            batch = sharding.host_local_to_global(
+                {"image": host_batch["image"], "points": host_batch["points"]}, mesh
+            )
+            state, metrics = trainer.step(state, batch)
+            step += 1
+            pending.append(metrics)
+            if step == start_step + 1:
+                progress.reset_timer(step)  # leave compilation out of the rates
+
+            if step % length.log_every == 0 or step == length.total_steps:
+                averaged = _average(pending)
+                pending = []
+                rates = progress.rates(step)
+                averaged["lr"] = float(trainer.schedules[optim.BACKBONE](step - 1))
+                progress.line(step, averaged, rates)
+                writer.write_scalars(step, {**averaged, **rates}, split="train")
+
+            last_eval = None
+            if step % length.eval_every == 0 or step == length.total_steps:
+                split = config.data.eval_split
+                result = _evaluate(trainer, state.eval_variables(), config, split)
+                last_eval = {"nme": result["nme"]}
+                writer.write_scalars(step, last_eval, split=split)
+                logging.info(
+                    "step %d: %s NME %.4f on %d faces.",
+                    step,
+                    split,
+                    result["nme"],
+                    result["num_examples"],
+                )
+                progress.reset_timer(step)
+
+            stopping = stop.requested or checkpointer.reached_preemption(step)
+            periodic = step % length.checkpoint_every == 0 or step == length.total_steps
+            if periodic or stopping or last_eval:  # every evaluated step competes for best
+                checkpointer.save(
+                    step,
+                    state.model_tree(),
+                    state.train_tree(),
+                    record,
+                    metrics=last_eval,
+                    force=True,
+                )
+            if stopping:
+                logging.warning("Stopped at step %d; the checkpoint resumes from here.", step)
+                break
+    return step
+
+
+def _report(trainer: LandmarkTrainer, workdir, config, writer, step) -> dict:
     """The best checkpoint (lowest validation NME; what `init_from` loads) on the report split."""
     variables, _, meta = checkpoints.load_inference_checkpoint(workdir, check_shapes=False)
     split = config.landmarks.report_split
-    result = run_eval(variables, split)
+    result = _evaluate(trainer, variables, config, split)
     writer.write_scalars(step, {"nme": result["nme"]}, split=f"report_{split}")
     report = landmark_eval.write_report(
         workdir, result, split=split, step=meta.get("step") or step, source=str(meta["source"])
