@@ -82,7 +82,15 @@ class MetricWriter:
 class ProgressLogger:
     """Console line every N steps: loss, accuracy, steps/s, images/s, ETA."""
 
-    def __init__(self, total_steps: int, global_batch_size: int, start_step: int = 0):
+    def __init__(
+        self,
+        total_steps: int,
+        global_batch_size: int,
+        start_step: int = 0,
+        extra: tuple[str, ...] = (),
+    ):
+        """`extra`: names of further metrics shown after the loss (landmark pretraining)."""
+        self.extra = tuple(extra)
         self.total_steps = total_steps
         self.global_batch_size = global_batch_size
         self._last_step = start_step
@@ -108,10 +116,13 @@ class ProgressLogger:
         eta = remaining / rates["steps_per_s"] if rates["steps_per_s"] > 0 else float("inf")
         eta_text = str(datetime.timedelta(seconds=int(eta))) if np.isfinite(eta) else "?"
         width = len(str(self.total_steps))
-        text = (
-            f"step {step:>{width}}/{self.total_steps}"
-            f" | loss {metrics.get('loss', float('nan')):.4f}"
-            f" | acc {metrics.get('accuracy', float('nan')):.3f}"
+        loss = metrics.get("loss", float("nan"))
+        text = f"step {step:>{width}}/{self.total_steps} | loss {loss:.4f}"
+        if "accuracy" in metrics or not self.extra:
+            text += f" | acc {metrics.get('accuracy', float('nan')):.3f}"
+        for name in self.extra:
+            text += f" | {name} {metrics.get(name, float('nan')):.4f}"
+        text += (
             f" | {rates['steps_per_s']:.2f} steps/s | {rates['images_per_s']:.1f} img/s"
             f" | ETA {eta_text}"
         )

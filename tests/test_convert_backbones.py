@@ -171,3 +171,35 @@ def test_ir50_wrong_unit_counts_are_reported(tmp_path):
     copy.write_bytes(src.read_bytes())
     with pytest.raises(ConversionError, match="two ir_back files"):
         build("backbones", [src, copy], variant="tiny")
+
+
+def test_landmark_net_with_gdc_head_converts_both_ways():
+    """The pretrained landmark network (trunk + GDC head, `grefel_jax.landmarks`) and the
+    official pytorch_face_landmark state_dict map onto each other: same 68 points from the
+    same weights, and our variables load strictly back into the PyTorch module."""
+    from grefel_jax.convert.mobilefacenet import (
+        landmark_net_from_state_dict,
+        landmark_net_to_state_dict,
+    )
+
+    internal = TINY.image_size // 2
+    torch_mfn = ref.MobileFaceNet(TINY.dims[0], TINY.mfn_units, 136, internal, gdc=True)
+    torch_mfn = ref.randomize_(torch_mfn, seed=6).eval()
+    state = {k: v.numpy() for k, v in torch_mfn.state_dict().items()}
+    variables = landmark_net_from_state_dict(state)
+    module = MobileFaceNet(TINY.dims[0], TINY.mfn_units, num_landmarks=68)
+    images = _images(2)
+    *_, points = jax.jit(lambda v, x: module.apply(v, subsample_by_two(x)))(
+        _submodule_variables(variables, "face_landback"), images
+    )
+    _torch_stages(lambda x: torch_mfn(torch.nn.functional.interpolate(x, size=internal)), images)
+    theirs = torch_mfn.last_landmarks.detach().numpy().reshape(-1, 68, 2)
+    assert np.abs(theirs).max() > 1e-2
+    np.testing.assert_allclose(np.asarray(points), theirs, atol=ATOL, rtol=0)
+
+    back = landmark_net_to_state_dict(variables)
+    fresh = ref.MobileFaceNet(TINY.dims[0], TINY.mfn_units, 136, internal, gdc=True)
+    fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in back.items()})
+    for key, value in fresh.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            np.testing.assert_array_equal(value.numpy(), state[key], err_msg=key)

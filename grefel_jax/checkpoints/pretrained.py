@@ -16,6 +16,11 @@ from grefel_jax.checkpoints.shapes import shape_problems
 
 PyTree = Any
 
+# Subtrees that pretrained checkpoints may hold but GReFEL does not build: the GDC landmark
+# head of a landmark-pretraining workdir (`grefel_jax.landmarks.pretrain`), computed and
+# thrown away by POSTER++. Left out when they are not in the model.
+NOT_IN_GREFEL = (("face_landback", "output_layer"),)
+
 
 def merge_pretrained(
     init_variables: Mapping[str, PyTree], path: str | epath.PathLike
@@ -28,7 +33,8 @@ def merge_pretrained(
 
     Returns:
       `(variables, loaded_modules)`: the merged variables (numpy for loaded leaves) and the
-      sorted top-level module names that were loaded. Every loaded array must match the shape
+      sorted top-level module names that were loaded. Subtrees on `NOT_IN_GREFEL` that the
+      model lacks (a pretrained landmark head) are left out. Every loaded array must match the shape
       of the array it replaces; a mismatch or an unknown key raises CheckpointError naming
       `path`.
     """
@@ -39,6 +45,11 @@ def merge_pretrained(
     for collection in ("params", "batch_stats"):
         base = flatten_dict(init_variables.get(collection, {}))
         new = flatten_dict(loaded.get(collection, {}))
+        new = {
+            k: v
+            for k, v in new.items()
+            if k in base or not any(k[: len(p)] == p for p in NOT_IN_GREFEL)
+        }
         collection_problems = shape_problems(new, base, collection)
         problems += collection_problems
         if not collection_problems:

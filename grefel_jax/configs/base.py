@@ -159,3 +159,26 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     config.eval_every_steps = 10
     config.checkpoint_every_steps = 10
     return config
+
+
+def landmark_pretrain_config(name: str, builder_config: str | None) -> ml_collections.ConfigDict:
+    """The base of `grefel_jax.landmarks.pretrain` recipes: MobileFaceNet + GDC head on the
+    `landmarks` feature of one prepared dataset.
+
+    The sections mean what they mean in training (model variant and backbone overrides,
+    data and augmentation, optimizer, mesh, run length, checkpoints); every parameter is in
+    the `backbone` optimizer group (`optim.lr_backbone`). `init_from` may name a converted
+    MobileFaceNet to start from. `landmarks` holds the loss and the reported split.
+    """
+    config = get_base_config()
+    config.data.name = name
+    config.data.builder_config = builder_config
+    config.data.augment.random_erasing_p = 0.0  # erased points stay targets: off by default
+    config.best_metric = "nme"  # kept: the checkpoint with the lowest validation NME
+    config.landmarks = ml_collections.ConfigDict()
+    config.landmarks.loss = "wing"  # 'wing' | 'smooth_l1', on crop-unit coordinates
+    config.landmarks.wing_w = 0.1  # the paper's 10 px on a ~100 px crop
+    config.landmarks.wing_epsilon = 0.02
+    config.landmarks.smooth_l1_beta = 0.01
+    config.landmarks.report_split = "test"  # held out: W/landmarks_eval.json and .png
+    return config

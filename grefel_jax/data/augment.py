@@ -81,16 +81,60 @@ def augment_train_image(image: np.ndarray, image_size: int, aug, rng: np.random.
       aug: `config.data.augment`.
       rng: per-example generator (grain seeds it from the shuffle seed and the position).
     """
+    return augment_train_example(image, None, image_size, aug, rng)[0]
+
+
+def augment_train_example(
+    image: np.ndarray,
+    points: np.ndarray | None,
+    image_size: int,
+    aug,
+    rng: np.random.Generator,
+    flip_permutation=None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`augment_train_image` that moves landmark points with the pixels.
+
+    Points are pixel (x, y) with pixel centres at integers (x = 0 is the middle of the first
+    column), the convention of PIL's and OpenCV's resize; NaN (missing) points stay NaN. The
+    random draws are exactly those of `augment_train_image`, so an image gets the same
+    augmentation with or without points.
+
+    Args:
+      image: (H, W, 3) uint8.
+      points: (N, 2) float32 pixel coordinates in `image`, or None.
+      image_size: S.
+      aug: `config.data.augment`.
+      rng: per-example generator.
+      flip_permutation: (N,) the layout's flip table (`landmarks.points`); required with
+        points when `aug.hflip` is on, because a flip turns a left eye into a right eye.
+
+    Returns:
+      `(image (S, S, 3) float32 normalized, points (N, 2) float32 pixel coordinates in the
+      output, or None)`.
+    """
     s = image_size
+    if points is not None:
+        points = np.asarray(points, np.float64).copy()
+        if aug.hflip and flip_permutation is None:
+            raise ValueError("augment_train_example: points with hflip need a flip_permutation.")
+    h, w = image.shape[:2]
     if aug.resize_crop:
         image = resize_shorter_side(image, int(s * aug.resize_ratio))
-        h, w = image.shape[:2]
-        top, left = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        new_h, new_w = image.shape[:2]
+        top, left = int(rng.integers(0, new_h - s + 1)), int(rng.integers(0, new_w - s + 1))
         image = image[top : top + s, left : left + s]
     else:
+        new_h, new_w, top, left = s, s, 0, 0
         image = resize(image, s, s)
+    if points is not None:
+        # Resizing keeps pixel-centre positions in proportion: (x + 0.5) scales with the side.
+        points[:, 0] = (points[:, 0] + 0.5) * (new_w / w) - 0.5 - left
+        points[:, 1] = (points[:, 1] + 0.5) * (new_h / h) - 0.5 - top
     if aug.hflip and rng.uniform() < 0.5:
         image = image[:, ::-1]
+        if points is not None:
+            points = points[np.asarray(flip_permutation)]
+            points[:, 0] = (s - 1) - points[:, 0]
     if aug.rotation_degrees > 0:
         angle = rng.uniform(-aug.rotation_degrees, aug.rotation_degrees)
         matrix = cv2.getRotationMatrix2D((s / 2 - 0.5, s / 2 - 0.5), angle, 1.0)
@@ -101,6 +145,8 @@ def augment_train_image(image: np.ndarray, image_size: int, aug, rng: np.random.
             flags=cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REFLECT_101,
         )
+        if points is not None:  # warpAffine sends source pixel p to matrix @ (p, 1)
+            points = points @ matrix[:, :2].T + matrix[:, 2]
     if aug.brightness > 0 or aug.contrast > 0 or aug.saturation > 0:
         jittered = _color_jitter(
             image.astype(np.float32), rng, aug.brightness, aug.contrast, aug.saturation
@@ -111,4 +157,17 @@ def augment_train_image(image: np.ndarray, image_size: int, aug, rng: np.random.
         out = random_erasing(
             out, rng, tuple(aug.random_erasing_scale), tuple(aug.random_erasing_ratio)
         )
-    return out
+    return out, None if points is None else points.astype(np.float32)
+
+
+def pixels_to_unit(points: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pixel (x, y) (centres at integers) -> crop units: (0, 0) and (1, 1) are the image's
+    outer corners. `(..., 2)` -> `(..., 2)` float32; NaN stays NaN."""
+    points = np.asarray(points, np.float32)
+    return (points + 0.5) / np.array([width, height], np.float32)
+
+
+def unit_to_pixels(points: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Inverse of `pixels_to_unit`."""
+    points = np.asarray(points, np.float32)
+    return points * np.array([width, height], np.float32) - 0.5

@@ -51,6 +51,21 @@ LANDMARK_NAMES = (
 )
 NUM_LANDMARKS = len(LANDMARK_NAMES)
 
+
+def _mirror_name(name: str) -> str:
+    """The point a horizontal flip turns `name` into: r <-> l, jaw_i <-> jaw_(8-i)."""
+    if name.startswith("jaw_"):
+        return f"jaw_{8 - int(name[4:])}"
+    swap = {"r": "l", "l": "r"}
+    return "_".join(swap.get(part, part) for part in name.split("_"))
+
+
+# Horizontal flip: point k of the flipped face is the mirror image of point
+# LANDMARK_FLIP_PERMUTATION[k] of the original (left/right pairs swap, midline points stay).
+LANDMARK_FLIP_PERMUTATION = tuple(LANDMARK_NAMES.index(_mirror_name(n)) for n in LANDMARK_NAMES)
+# The eye centres that normalise the NME (inter-pupil distance).
+EYE_CENTRE_POINTS = ((LANDMARK_NAMES.index("pupil_r"),), (LANDMARK_NAMES.index("pupil_l"),))
+
 _SKIN_LIGHT = np.array([246, 214, 188], np.float32)
 _SKIN_DARK = np.array([92, 60, 42], np.float32)
 _HAIR = np.array(

@@ -236,14 +236,14 @@ class _EvalMap(grain.transforms.Map):
         }
 
 
-def _frozen_aug(aug_config):
+def frozen_aug(aug_config):
     """A plain, picklable copy of `config.data.augment` (ConfigDicts may hold locks)."""
     import types
 
     return types.SimpleNamespace(**{key: aug_config[key] for key in aug_config.keys()})
 
 
-def _iterate(dataset: grain.MapDataset, data_config):
+def iterate(dataset: grain.MapDataset, data_config):
     """Batches of `dataset` prepared ahead: grain's read thread(s), optionally processes.
 
     One read thread computes whole batches ahead of the loop (`prefetch` of them); more
@@ -264,6 +264,28 @@ def _iterate(dataset: grain.MapDataset, data_config):
             )
         )
     return iter(stream)
+
+
+def train_records(
+    data_config, *, global_batch_size: int, seed: int, start_step: int = 0
+) -> tuple[grain.MapDataset, int]:
+    """This process's share of the training stream, undecoded, from global batch `start_step`.
+
+    Item k is the record at its stream position (module doc) with `record_key` and `position`
+    added; map it and batch it by `per_host_batch(global_batch_size)`.
+
+    Returns:
+      `(records, stream_seed)`; the seed is for the per-position augmentation generators.
+    """
+    split = data_config.train_split
+    base = source.data_source(data_config, split)
+    sampler = data_config.get("sampler", "none")
+    labels = source.split_labels(data_config, split) if sampler == "inverse_frequency" else None
+    the_seed = stream_seed(seed, data_config.shuffle_seed)
+    order = TrainOrder(len(base), the_seed, labels, sampler)
+    host_batch = per_host_batch(global_batch_size)
+    records = _HostTrainSource(base, order, global_batch_size, host_batch, jax.process_index())
+    return grain.MapDataset.source(records)[int(start_step) * host_batch :], the_seed
 
 
 def make_train_iterator(
@@ -287,26 +309,31 @@ def make_train_iterator(
       DatasetNotPreparedError: with the command that prepares the dataset.
     """
     info = dataset_info(data_config)
-    split = data_config.train_split
-    base = source.data_source(data_config, split)
-    sampler = data_config.get("sampler", "none")
-    labels = source.split_labels(data_config, split) if sampler == "inverse_frequency" else None
-    the_seed = stream_seed(seed, data_config.shuffle_seed)
-    order = TrainOrder(len(base), the_seed, labels, sampler)
-    host_batch = per_host_batch(global_batch_size)
-    records = _HostTrainSource(base, order, global_batch_size, host_batch, jax.process_index())
-    label_noise = noise.from_config(data_config.label_noise, info.class_names)
-    dataset = (
-        grain.MapDataset.source(records)[int(start_step) * host_batch :]
-        .map(_TrainMap(image_size, _frozen_aug(data_config.augment), label_noise, the_seed))
-        .batch(host_batch, drop_remainder=True)
+    records, the_seed = train_records(
+        data_config, global_batch_size=global_batch_size, seed=seed, start_step=start_step
     )
-    return _iterate(dataset, data_config)
+    label_noise = noise.from_config(data_config.label_noise, info.class_names)
+    dataset = records.map(
+        _TrainMap(image_size, frozen_aug(data_config.augment), label_noise, the_seed)
+    ).batch(per_host_batch(global_batch_size), drop_remainder=True)
+    return iterate(dataset, data_config)
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
     """Batches per process for an evaluation pass over `num_examples` (last one padded)."""
     return -(-num_examples // global_batch_size)
+
+
+def eval_records(data_config, split: str, *, global_batch_size: int) -> grain.MapDataset:
+    """This process's share of `split` in record order, padded to whole global batches.
+
+    Item k is a record with `record_key` (-1 on padding) and `mask` (False on padding) added.
+    """
+    base = source.data_source(data_config, split)
+    host_batch = per_host_batch(global_batch_size)
+    padded = num_eval_batches(len(base), global_batch_size) * global_batch_size
+    records = _HostEvalSource(base, padded, global_batch_size, host_batch, jax.process_index())
+    return grain.MapDataset.source(records)
 
 
 def make_eval_iterator(data_config, split: str, *, image_size: int, global_batch_size: int):
@@ -318,13 +345,9 @@ def make_eval_iterator(data_config, split: str, *, image_size: int, global_batch
       Every process yields `num_eval_batches(len(split), global_batch_size)` batches; global
       batch g holds records g*B .. g*B + B - 1.
     """
-    base = source.data_source(data_config, split)
-    host_batch = per_host_batch(global_batch_size)
-    padded = num_eval_batches(len(base), global_batch_size) * global_batch_size
-    records = _HostEvalSource(base, padded, global_batch_size, host_batch, jax.process_index())
     dataset = (
-        grain.MapDataset.source(records)
+        eval_records(data_config, split, global_batch_size=global_batch_size)
         .map(_EvalMap(image_size))
-        .batch(host_batch, drop_remainder=False)
+        .batch(per_host_batch(global_batch_size), drop_remainder=False)
     )
-    return _iterate(dataset, data_config)
+    return iterate(dataset, data_config)

@@ -160,7 +160,13 @@ def conv(
     )
 
 
-def batch_norm(train: bool, name: str | None = None, dtype: Dtype = jnp.float32) -> nn.BatchNorm:
+def batch_norm(
+    train: bool,
+    name: str | None = None,
+    dtype: Dtype = jnp.float32,
+    scale_init=nn.initializers.ones,
+    bias_init=nn.initializers.zeros,
+) -> nn.BatchNorm:
     """BatchNorm with PyTorch's defaults (momentum 0.1 -> Flax 0.9, eps 1e-5).
 
     `train=False` uses the stored running statistics (PyTorch eval mode). The batch variance
@@ -176,6 +182,8 @@ def batch_norm(train: bool, name: str | None = None, dtype: Dtype = jnp.float32)
         epsilon=1e-5,
         dtype=dtype,
         use_fast_variance=False,
+        scale_init=scale_init,
+        bias_init=bias_init,
         name=name,
     )
 
