@@ -132,6 +132,7 @@ def export_checkpoint(
     """
     from grefel_jax.checkpoints import CheckpointError
     from grefel_jax.inference.predictor import Predictor
+    from grefel_jax.inference.results import OUTPUT_KEYS
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -157,8 +158,10 @@ def export_checkpoint(
         )
     size = predictor.image_size
     fn = prediction_fn(predictor.model, predictor.variables)
-    output_shapes = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-    output_names = list(output_shapes)
+    shapes = jax.eval_shape(fn, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    # predict's order (eval_shape returns the dict with sorted keys).
+    output_names = [k for k in OUTPUT_KEYS if k in shapes]
+    output_shapes = {k: shapes[k] for k in output_names}
 
     check = _check_batch(batch or CHECK_BATCH, size)
     reference = {k: np.asarray(v) for k, v in jax.jit(fn)(check).items()}
@@ -251,7 +254,7 @@ def _manifest(checkpoint, predictor, spec, batch, dtype, output_shapes, artifact
     return {
         "format": manifest_lib.FORMAT,
         "version": manifest_lib.VERSION,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "checkpoint": str(checkpoint),
         "checkpoint_source": record.get("source"),
         "checkpoint_step": record.get("step"),

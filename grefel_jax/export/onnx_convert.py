@@ -92,7 +92,9 @@ def convert_onnx(
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
-        raise OnnxConversionError(f"onnx.checker rejects the converted model: {_first_line(e)}")
+        raise OnnxConversionError(
+            f"onnx.checker rejects the converted model: {_first_line(e)}"
+        ) from e
     return model.SerializeToString()
 
 
