@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Re-install only when a dependency file changed (the stamp is newer than all of them).
 STAMP := $(VENV)/.installed
-DEPS := pyproject.toml requirements.txt requirements-test.txt
+DEPS := pyproject.toml requirements.txt requirements-test.txt requirements-export.txt \
+	requirements-export-nodeps.txt
 # 8 fake CPU devices, so that sharding tests see a real mesh on any machine.
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu
 DEMO_DIR ?= runs/demo
@@ -17,7 +18,8 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): $(PY) $(DEPS)
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt -r requirements-export.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-export-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

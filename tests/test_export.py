@@ -230,6 +230,8 @@ def test_bad_input_is_one_line(checkpoint, tmp_path):
     assert exporter.parse_batch("dynamic") is None and exporter.parse_batch("8") == 8
     with pytest.raises(ValueError, match="--dtype"):
         exporter.parse_dtype("float16")
+    with pytest.raises(exporter.ExportError, match="--dtype bfloat16 --format onnx"):
+        exporter.export_checkpoint(str(checkpoint), tmp_path / "bf16", dtype="bfloat16")
     with pytest.raises(exporter.ExportError, match="--checkpoint .*missing"):
         exporter.export_checkpoint(str(tmp_path / "missing"), tmp_path / "out")
     (tmp_path / "full").mkdir()

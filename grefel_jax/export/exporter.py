@@ -149,6 +149,11 @@ def export_checkpoint(
         )
     except (CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
         raise ExportError(f"--checkpoint {checkpoint}: {e}") from e
+    if dtype == "bfloat16" and "onnx" in formats:
+        raise ExportError(
+            "--dtype bfloat16 --format onnx: onnxruntime's CPU kernels reject bfloat16 "
+            "tensors (e.g. Einsum); export bfloat16 with --format stablehlo."
+        )
     head = predictor.model_config.head
     if batch is not None and head.batch_dependent:
         raise ExportError(
@@ -211,15 +216,18 @@ def _write_format(fmt, fn, out, size, batch, output_names, platforms, check, ref
             raise RuntimeError(f"jax.export failed{hint}: {type(e).__name__}: {e}") from e
         entry.update(info)
     else:
-        from grefel_jax.export.onnx_convert import INPUT_NAME, OPSET, convert_onnx
+        from grefel_jax.export import onnx_convert
 
-        data = convert_onnx(fn, size, batch, output_names)
+        aliases = onnx_convert.output_aliases(fn, size, output_names)
+        graph_outputs = [n for n in output_names if aliases[n] == n]
+        data = onnx_convert.convert_onnx(fn, size, batch, graph_outputs)
         entry.update(
             {
-                "opset": OPSET,
-                "input_name": INPUT_NAME,
+                "opset": onnx_convert.OPSET,
+                "input_name": onnx_convert.INPUT_NAME,
                 "input_shape": ["B" if batch is None else batch, size, size, 3],
-                "output_names": output_names,
+                "output_names": graph_outputs,
+                "output_aliases": {n: a for n, a in aliases.items() if a != n},
                 "converter": f"jax2onnx {_version('jax2onnx')}",
             }
         )

@@ -36,6 +36,27 @@ def _quiet(names=("onnx_ir", "jax2onnx")):
             lg.setLevel(level)
 
 
+def output_aliases(
+    fn: Callable[[jax.Array], dict[str, jax.Array]], image_size: int, names: Sequence[str]
+) -> dict[str, str]:
+    """`{name: the first name holding the same value}` for every output of `fn`.
+
+    The poster head returns one array as both `probs` and `corrected_probs`; an ONNX graph
+    output has one name, so the graph keeps the first and the runner copies it.
+    """
+    aliases: dict[str, str] = {}
+
+    def probe(images):
+        outputs = fn(images)
+        first: dict[int, str] = {}
+        for name in names:
+            aliases[name] = first.setdefault(id(outputs[name]), name)
+        return outputs
+
+    jax.eval_shape(probe, jax.ShapeDtypeStruct((1, image_size, image_size, 3), "float32"))
+    return aliases
+
+
 def convert_onnx(
     fn: Callable[[jax.Array], dict[str, jax.Array]],
     image_size: int,
@@ -49,7 +70,8 @@ def convert_onnx(
       fn: the prediction function (its closed-over weights become initializers).
       image_size: S.
       batch: fixed batch size, or None for a symbolic batch dimension 'B'.
-      output_names: the keys of `fn`'s outputs, in the order the graph returns them.
+      output_names: the keys of `fn`'s outputs the graph returns, in order; each a distinct
+        value (see `output_aliases`).
       opset: ONNX opset.
 
     Returns:

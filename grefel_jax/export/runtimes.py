@@ -54,6 +54,8 @@ class OnnxRuntime:
       path: the `.onnx` file.
       input_name: the graph's image input.
       output_names: the graph outputs to fetch, in the order they are returned.
+      aliases: `{output: graph output}` of outputs that are the same value as another
+        (one ONNX output cannot carry two names).
       threads: intra-op threads (None: onnxruntime's default, one per core).
     """
 
@@ -62,6 +64,7 @@ class OnnxRuntime:
         path: str | os.PathLike,
         input_name: str,
         output_names: Sequence[str],
+        aliases: Mapping[str, str] | None = None,
         threads: int | None = None,
     ):
         import onnxruntime as ort
@@ -75,12 +78,14 @@ class OnnxRuntime:
         )
         self.input_name = input_name
         self.output_names = list(output_names)
+        self.aliases = dict(aliases or {})
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """(N, S, S, 3) float32 -> outputs over the N faces."""
         feeds = {self.input_name: np.ascontiguousarray(batch, np.float32)}
-        values = self.session.run(self.output_names, feeds)
-        return dict(zip(self.output_names, values))
+        outputs = dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        outputs.update({name: outputs[source] for name, source in self.aliases.items()})
+        return outputs
 
 
 def load_runtime(path: str | os.PathLike, fmt: str, manifest: Mapping[str, Any]) -> Runtime:
@@ -89,5 +94,7 @@ def load_runtime(path: str | os.PathLike, fmt: str, manifest: Mapping[str, Any])
         return StableHLORuntime(path)
     if fmt == "onnx":
         entry = manifest["artifacts"]["onnx"]
-        return OnnxRuntime(path, entry["input_name"], entry["output_names"])
+        return OnnxRuntime(
+            path, entry["input_name"], entry["output_names"], entry.get("output_aliases")
+        )
     raise ValueError(f"unknown format {fmt!r}; expected 'stablehlo' or 'onnx'.")
