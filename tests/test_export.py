@@ -145,6 +145,9 @@ def test_fixed_batch_artifact_pads_like_predict(checkpoint, faces, expected, tmp
     assert result.errors == {} and result.manifest["batch"] == 3
     assert result.manifest["artifacts"]["stablehlo"]["input_shape"] == ["3", "32", "32", "3"]
     _assert_same_report(_run(out, faces, tmp_path), expected)  # 4 crops: 3 + 1 padded.
+    stderr = io.StringIO()
+    assert runner.run(out, [str(faces)], batch_size=2, stderr=stderr) == predict.EXIT_FATAL
+    assert "--batch_size=2" in stderr.getvalue() and "--batch 3" in stderr.getvalue()
 
 
 def test_manifest_records_settings_and_checksums(exported, checkpoint, tmp_path, faces):
@@ -241,3 +244,28 @@ def test_bad_input_is_one_line(checkpoint, tmp_path):
     stderr = io.StringIO()
     assert runner.run(tmp_path, ["a.png"], stderr=stderr) == predict.EXIT_FATAL
     assert "model.json" in stderr.getvalue()
+
+
+def test_onnx_outputs_that_share_a_value_are_aliased(tmp_path):
+    """The poster head returns one array as probs and corrected_probs: ONNX gets it once."""
+    import jax.numpy as jnp
+
+    from grefel_jax.export import onnx_convert, runtimes
+
+    def fn(images):
+        probs = jax.nn.softmax(images.mean(axis=(1, 2)))
+        return {"probs": probs, "corrected_probs": probs, "confidence": probs.max(-1)}
+
+    names = ["probs", "corrected_probs", "confidence"]
+    aliases = onnx_convert.output_aliases(fn, 4, names)
+    assert aliases == {"probs": "probs", "corrected_probs": "probs", "confidence": "confidence"}
+    path = tmp_path / "tiny.onnx"
+    path.write_bytes(onnx_convert.convert_onnx(fn, 4, None, ["probs", "confidence"]))
+    runtime = runtimes.OnnxRuntime(
+        path, onnx_convert.INPUT_NAME, ["probs", "confidence"], {"corrected_probs": "probs"}
+    )
+    images = np.random.default_rng(0).standard_normal((3, 4, 4, 3)).astype(np.float32)
+    got = runtime(images)
+    want = fn(jnp.asarray(images))
+    for name in names:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-6)

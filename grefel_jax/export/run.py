@@ -80,6 +80,8 @@ def run(
     fixed = manifest["batch"] if isinstance(manifest["batch"], int) else None
     if batch_size is not None and batch_size < 1:
         return fatal(f"--batch_size={batch_size}: must be >= 1.")
+    if fixed and batch_size not in (None, fixed):
+        return fatal(f"--batch_size={batch_size}: {export_dir} was exported with --batch {fixed}.")
     chunk = fixed or batch_size or DEFAULT_BATCH
     names = tuple(manifest["class_names"])
 
