@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Re-install only when a dependency file changed (the stamp is newer than all of them).
 STAMP := $(VENV)/.installed
-DEPS := pyproject.toml requirements.txt requirements-test.txt
+DEPS := pyproject.toml requirements.txt requirements-test.txt requirements-export.txt \
+	requirements-export-nodeps.txt
 # 8 fake CPU devices, so that sharding tests see a real mesh on any machine. The tests spend
 # most of their time compiling tiny models whose run time does not matter, so LLVM runs at its
 # lowest optimisation level: about a quarter less test time on 2 cores. The suite passes at
@@ -20,7 +21,8 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): $(PY) $(DEPS)
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt -r requirements-export.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-export-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

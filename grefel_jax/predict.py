@@ -127,11 +127,11 @@ def run(
             "detect": detect,
             "images": records,
         }
-        with _open_output(json_path, stdout) as f:
+        with open_output(json_path, stdout) as f:
             json.dump(document, f, indent=2)
             f.write("\n")
     if csv_path:
-        with _open_output(csv_path, stdout, newline="") as f:
+        with open_output(csv_path, stdout, newline="") as f:
             report.write_csv(f, results, names)
 
     failed = [r for r in results if r.error is not None]
@@ -146,7 +146,8 @@ def run(
 
 
 @contextlib.contextmanager
-def _open_output(path: str, stdout: TextIO, newline: str | None = None):
+def open_output(path: str, stdout: TextIO, newline: str | None = None):
+    """A text stream to write a report to: `path`, or `stdout` when path is '-'."""
     if path == "-":
         yield stdout
         return

@@ -2,27 +2,40 @@
 
 `python -m grefel_jax.predict` is the command line; `Predictor.from_checkpoint(path)
 .predict(images)` the Python API.
+
+The names below are imported on first use (PEP 562), so that the light submodules (images,
+faces, results, report: numpy, PIL and OpenCV only) can be used without importing jax and the
+model, as the exported-model runner `grefel_jax.export.run` does.
 """
 
-from grefel_jax.inference.class_names import resolve_class_names
-from grefel_jax.inference.faces import FaceBox, FaceDetector, crop, crop_box
-from grefel_jax.inference.images import ImageReadError, load_image, to_uint8_rgb
-from grefel_jax.inference.predictor import (
-    FacePrediction,
-    ImagePrediction,
-    Predictor,
-)
+from __future__ import annotations
 
-__all__ = [
-    "FaceBox",
-    "FaceDetector",
-    "FacePrediction",
-    "ImagePrediction",
-    "ImageReadError",
-    "Predictor",
-    "crop",
-    "crop_box",
-    "load_image",
-    "resolve_class_names",
-    "to_uint8_rgb",
-]
+import importlib
+
+_LAZY = {
+    "FaceBox": "faces",
+    "FaceDetector": "faces",
+    "crop": "faces",
+    "crop_box": "faces",
+    "ImageReadError": "images",
+    "load_image": "images",
+    "to_uint8_rgb": "images",
+    "FacePrediction": "results",
+    "ImagePrediction": "results",
+    "Predictor": "predictor",
+    "resolve_class_names": "class_names",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value  # Once imported, a plain attribute.
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -14,7 +14,6 @@ function the evaluation pipeline maps over its records.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -28,92 +27,31 @@ from grefel_jax import settings
 from grefel_jax.inference import faces as faces_lib
 from grefel_jax.inference import images as images_lib
 from grefel_jax.inference.class_names import resolve_class_names
+from grefel_jax.inference.results import (  # noqa: F401  (re-exported: the public API)
+    OUTPUT_KEYS,
+    FacePrediction,
+    ImagePrediction,
+    fill_face,
+    unfilled_face,
+)
 from grefel_jax.models import GReFEL, ModelConfig, names
 from grefel_jax.preprocess import preprocess_eval_image
-
-# Model outputs prediction reads; the grefel head adds the last two.
-_OUTPUT_KEYS = (
-    "probs",
-    "corrected_probs",
-    "confidence",
-    "anchor_confidence",
-    "attention_confidence",
-)
 
 ImageInput = str | os.PathLike | np.ndarray
 
 
-@dataclasses.dataclass
-class FacePrediction:
-    """The prediction for one face.
-
-    Attributes:
-      box: the detected face (the whole image with `detect=False`), upright-image pixels.
-      crop_box: `(x0, y0, x1, y1)` of the region fed to the model: a square around a detected
-        face, the whole image with `detect=False`.
-      class_index / label / probability: argmax of the primary distribution p.
-      probs: (C,) float32, p.
-      corrected_index / corrected_label / corrected_probability / corrected_probs: the same
-        for the reliability-balanced distribution (equal to the primary for the poster head).
-      confidence: 1 - H(p) / ln C, the normalized-entropy confidence of p in [0, 1].
-      anchor_confidence / attention_confidence: the same for the anchor and attention
-        corrections (grefel head only, else None).
-    """
-
-    box: faces_lib.FaceBox
-    crop_box: tuple[int, int, int, int]
-    class_index: int
-    label: str
-    probability: float
-    probs: np.ndarray
-    corrected_index: int
-    corrected_label: str
-    corrected_probability: float
-    corrected_probs: np.ndarray
-    confidence: float
-    anchor_confidence: float | None = None
-    attention_confidence: float | None = None
-
-
-@dataclasses.dataclass
-class ImagePrediction:
-    """All faces of one input image, or why there are none.
-
-    Attributes:
-      source: the file path, or `images[i]` for an array input.
-      faces: one FacePrediction per face, largest face first; empty when no face was found or
-        the image could not be read.
-      error: None, or the message of an image that could not be read or predicted.
-      image_shape: `(H, W)` of the upright image (None when unreadable).
-      image: the decoded `(H, W, 3) uint8` image when `keep_images=True`, else None.
-    """
-
-    source: str
-    faces: list[FacePrediction] = dataclasses.field(default_factory=list)
-    error: str | None = None
-    image_shape: tuple[int, int] | None = None
-    image: np.ndarray | None = dataclasses.field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        """The image was read and predicted (it may still have no face)."""
-        return self.error is None
-
-    @property
-    def no_face(self) -> bool:
-        """Read fine, but the detector found no face."""
-        return self.error is None and not self.faces
-
-
 @functools.partial(jax.jit, static_argnames=("model",))
-def _forward(variables: Mapping[str, Any], images: jax.Array, model: GReFEL) -> dict:
-    """(B, S, S, 3) float32 -> the prediction outputs of `_OUTPUT_KEYS` present for the head.
+def forward(variables: Mapping[str, Any], images: jax.Array, model: GReFEL) -> dict:
+    """(B, S, S, 3) float32 -> the prediction outputs of `OUTPUT_KEYS` present for the head.
 
     Module-level and keyed on the (hashable) model, so every Predictor of the same
     architecture and batch size shares one compilation.
     """
     outputs = model.apply(variables, images, train=False)
-    return {k: outputs[k] for k in _OUTPUT_KEYS if k in outputs}
+    return {k: outputs[k] for k in OUTPUT_KEYS if k in outputs}
+
+
+_forward = forward  # The name tests and older callers use.
 
 
 class Predictor:
@@ -185,6 +123,16 @@ class Predictor:
         if detect:
             self.detector._classifier()  # Fail now, not on the first image.
 
+    @property
+    def model(self) -> GReFEL:
+        """The Linen module `forward` applies (computing in the Predictor's compute_dtype)."""
+        return self._model
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """`{'params', 'batch_stats'}` of the whole model, on the default device."""
+        return self._variables
+
     @classmethod
     def from_checkpoint(
         cls,
@@ -247,7 +195,7 @@ class Predictor:
             if self._pad_batches and real < self.batch_size:
                 pad = np.zeros((self.batch_size - real, *chunk.shape[1:]), np.float32)
                 chunk = np.concatenate([chunk, pad])
-            outputs = _forward(self._variables, chunk, model=self._model)
+            outputs = forward(self._variables, chunk, model=self._model)
             chunks.append({k: np.asarray(v)[:real] for k, v in outputs.items()})
         if not chunks:
             return {}
@@ -318,13 +266,13 @@ class Predictor:
             # Exactly what the evaluation pipeline feeds: the whole image, however shaped.
             box = faces_lib.whole_image_box(image)
             region = (0, 0, box.width, box.height)
-            result.faces.append(_unfilled_face(box, region))
+            result.faces.append(unfilled_face(box, region))
             return result, [image]
         crops = []
         for box in self.detector.detect(image):
             region = faces_lib.crop_box(box, image.shape, self.margin)
             # Placeholders until the batch runs; `_finish` fills in the numbers.
-            result.faces.append(_unfilled_face(box, region))
+            result.faces.append(unfilled_face(box, region))
             crops.append(faces_lib.crop(image, region))
         return result, crops
 
@@ -336,25 +284,9 @@ class Predictor:
         row = 0
         for result, _ in pending:
             for face in result.faces:
-                self._fill(face, outputs, row)
+                fill_face(face, outputs, row, self.class_names)
                 row += 1
             yield result
-
-    def _fill(self, face: FacePrediction, outputs: Mapping[str, np.ndarray], row: int) -> None:
-        probs = outputs["probs"][row].astype(np.float32)
-        corrected = outputs["corrected_probs"][row].astype(np.float32)
-        face.class_index = int(np.argmax(probs))
-        face.label = self.class_names[face.class_index]
-        face.probability = float(probs[face.class_index])
-        face.probs = probs
-        face.corrected_index = int(np.argmax(corrected))
-        face.corrected_label = self.class_names[face.corrected_index]
-        face.corrected_probability = float(corrected[face.corrected_index])
-        face.corrected_probs = corrected
-        face.confidence = float(outputs["confidence"][row])
-        if "anchor_confidence" in outputs:
-            face.anchor_confidence = float(outputs["anchor_confidence"][row])
-            face.attention_confidence = float(outputs["attention_confidence"][row])
 
 
 @contextlib.contextmanager
@@ -368,8 +300,3 @@ def _quiet_absl_logging():
         yield
     finally:
         absl_logging.set_verbosity(previous)
-
-
-def _unfilled_face(box: faces_lib.FaceBox, region: tuple[int, ...]) -> FacePrediction:
-    empty = np.zeros((0,), np.float32)
-    return FacePrediction(box, tuple(region), -1, "", 0.0, empty, -1, "", 0.0, empty, 0.0)

@@ -1,6 +1,6 @@
 """Writing predictions: the console table, JSON, CSV and annotated images.
 
-Every writer takes `ImagePrediction`s (grefel_jax.inference.predictor) and reports each input
+Every writer takes `ImagePrediction`s (grefel_jax.inference.results) and reports each input
 with a status: `ok` (faces predicted), `no_face` (read fine, no face found) or `error`
 (unreadable; the message names the file).
 """
