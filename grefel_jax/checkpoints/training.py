@@ -34,13 +34,29 @@ PyTree = Any
 _MIN_REPLICA_PARALLEL_SLICE_BYTES = 1 << 22
 
 
+_array_saving_configured = False
+
+
 def _configure_array_saving() -> None:
-    """Registers orbax's jax.Array handler with replica-parallel saves only across processes."""
+    """Registers orbax's jax.Array handler with replica-parallel saves only across processes
+    (once per process: the process count is fixed once JAX has started)."""
+    global _array_saving_configured
+    if _array_saving_configured:
+        return
     handler = ocp.type_handlers.ArrayHandler(
         use_replica_parallel=jax.process_count() > 1,
         min_slice_bytes_for_replica_parallel=_MIN_REPLICA_PARALLEL_SLICE_BYTES,
     )
-    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    # Orbax warns on every override of a registered type; this one is intended.
+    absl_logger = logging.getLogger("absl")
+    quiet = logging.Filter()
+    quiet.filter = lambda record: "overriding" not in record.getMessage()
+    absl_logger.addFilter(quiet)
+    try:
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    finally:
+        absl_logger.removeFilter(quiet)
+    _array_saving_configured = True
 
 
 def _best_fn_from_file(directory: epath.Path) -> Callable | None:
