@@ -1,12 +1,92 @@
-"""Similarity transform estimation for face alignment (issue 10, first piece).
+"""Face alignment for prediction (issue 10): five points -> similarity warp onto a template.
 
-`similarity_from_points` solves the least-squares similarity (rotation, uniform scale,
-translation) mapping source points onto template points (Umeyama 1991, without reflection).
+The expression models are trained on *aligned* crops (RAF-DB's 100x100 faces, the synthetic
+faces drawn upright in a fixed frame). A detector's square crop of a webcam frame is not
+aligned (roll, scale, offset), which is one cause of collapsed webcam predictions (POSTER_V2
+issues #13 / #21). Alignment here is the standard one:
+
+1. five points of the face: the two eye centres, the nose tip, the two mouth corners
+   (subject's right first, i.e. image-left first on an unmirrored face), from any point
+   layout (`landmarks.points.PointLayout.five_points`);
+2. `similarity_from_points`: the least-squares rotation + uniform scale + translation onto
+   the template's five points (Umeyama 1991, no reflection);
+3. `warp_to_template`: `cv2.warpAffine` of the image by that matrix into an S x S crop.
+
+`implausibility` rejects point sets that cannot be a face in the detected box (the caller
+then falls back to the square crop with a warning).
+
+Coordinates: pixel (x, y) with pixel centres at integers, as in the datasets and OpenCV.
+Templates are stored in *unit* coordinates `u = (x + 0.5) / S` (0 and 1 are the crop's outer
+edges) so that one template serves every crop size; `template_pixels` converts.
+
+This module is numpy + OpenCV only (no jax), like `faces`.
 """
 
 from __future__ import annotations
 
+import math
+
+import cv2
 import numpy as np
+
+# The five template points, unit coordinates, order: right eye, left eye, nose tip, right
+# mouth corner, left mouth corner (subject's right = image left).
+#
+# ARCFACE: insightface's `arcface_dst` (insightface/python-package/insightface/utils/
+# face_align.py), the 5-point template of the 112x112 ArcFace crops, in pixels:
+#   (38.2946, 51.6963) (73.5318, 51.5014) (56.0252, 71.7366) (41.5493, 92.3655)
+#   (70.7299, 92.2041), divided here as (x + 0.5) / 112.
+# It is the de-facto template for 5-point aligned face crops. RAF-DB's aligned 100x100 crops
+# were made by its authors with a similarity transform on five annotated points, but they did
+# not publish their target positions, so this template is our stand-in for RAF-DB / AffectNet
+# models (docs/landmarks.md: "Alignment for prediction").
+_ARCFACE_112_PIXELS = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ]
+)
+ARCFACE = ((_ARCFACE_112_PIXELS + 0.5) / 112.0).astype(np.float64)
+
+# SYNTHETIC_FACES: where `data.synthetic_faces.render_face` puts the five points of an
+# average neutral face (no roll, no yaw, no offset), from the renderer's parameter ranges:
+# pixel = S * (0.5 + 0.395 * (p - (0, 0.12))) with the mean scale 0.395 (uniform 0.36..0.43)
+# and the canonical points at the means of `face_geometry.Identity`: eyes (+-0.38, -0.16)
+# (eye_x 0.32..0.44, eye_y -0.22..-0.10), nose tip (0, 0.20) (eye_y + nose_len 0.30..0.42),
+# mouth corners (+-0.295, 0.56) (mouth_w 0.25..0.34, mouth_y 0.50..0.62).
+# tests/test_align.py checks it against the mean points of rendered faces.
+_SYNTHETIC_CANONICAL = np.array(
+    [[-0.38, -0.16], [0.38, -0.16], [0.0, 0.20], [-0.295, 0.56], [0.295, 0.56]]
+)
+SYNTHETIC_FACES = 0.5 + 0.395 * (_SYNTHETIC_CANONICAL - np.array([0.0, 0.12]))
+
+TEMPLATES = {"arcface": ARCFACE, "synthetic_faces": SYNTHETIC_FACES}
+
+# Plausibility limits (see `implausibility`). A Haar box is about 2.3 eye distances wide on
+# real faces and the synthetic ones; the limits leave a factor ~2 either way.
+MIN_EYE_DISTANCE_TO_BOX = 0.2
+MAX_EYE_DISTANCE_TO_BOX = 0.9
+MAX_ROLL_DEGREES = 60.0
+# RMS of the fit's residual over the template's eye distance: an average face vs ArcFace
+# leaves ~0.05, a random or collapsed point set ~0.3 and more.
+MAX_RELATIVE_RESIDUAL = 0.2
+
+
+def template_for(name: str) -> np.ndarray:
+    """The (5, 2) unit-coordinate template called `name` ('arcface', 'synthetic_faces')."""
+    if name not in TEMPLATES:
+        raise ValueError(
+            f"unknown alignment template {name!r}: expected one of {sorted(TEMPLATES)}."
+        )
+    return TEMPLATES[name]
+
+
+def template_pixels(template: np.ndarray, size: int) -> np.ndarray:
+    """(5, 2) unit template -> pixel coordinates (centres at integers) of an S x S crop."""
+    return np.asarray(template, np.float64) * size - 0.5
 
 
 def similarity_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -33,3 +113,85 @@ def similarity_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     scale = np.trace(np.diag(sig) @ sign) / max(var, 1e-12)
     t = mu_d - scale * rot @ mu_s
     return np.concatenate([scale * rot, t[:, None]], 1)
+
+
+def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """`matrix (2, 3)` applied to `points (N, 2)` -> (N, 2)."""
+    points = np.asarray(points, np.float64)
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def implausibility(points: np.ndarray, template: np.ndarray, box: tuple[int, ...]) -> str | None:
+    """Why five points cannot be the face in `box`, or None when they can.
+
+    Args:
+      points: (5, 2) image pixels, `template` order (right eye, left eye, nose, mouth corners).
+      template: (5, 2) unit coordinates.
+      box: the detected face `(x, y, width, height)`.
+
+    Checks: all finite; the eye centres inside the box (grown by half its side); the eye
+    distance between MIN_ and MAX_EYE_DISTANCE_TO_BOX of the box width; the roll (angle of
+    the eye line) within MAX_ROLL_DEGREES; the fit's RMS residual within
+    MAX_RELATIVE_RESIDUAL template eye distances (catches collapsed, scrambled or mirrored
+    points: the fit forbids reflections).
+    """
+    points = np.asarray(points, np.float64)
+    if points.shape != (5, 2):
+        return f"expected 5 points, got an array of shape {points.shape}"
+    if not np.all(np.isfinite(points)):
+        return "non-finite points"
+    x, y, w, h = (float(v) for v in box[:4])
+    eyes = points[:2]
+    inside = (
+        (eyes[:, 0] >= x - w / 2)
+        & (eyes[:, 0] <= x + 1.5 * w)
+        & (eyes[:, 1] >= y - h / 2)
+        & (eyes[:, 1] <= y + 1.5 * h)
+    )
+    if not np.all(inside):
+        return "eyes outside the face box"
+    eye_vector = eyes[1] - eyes[0]
+    ratio = float(np.hypot(*eye_vector)) / max(w, 1.0)
+    if not MIN_EYE_DISTANCE_TO_BOX <= ratio <= MAX_EYE_DISTANCE_TO_BOX:
+        lo, hi = MIN_EYE_DISTANCE_TO_BOX, MAX_EYE_DISTANCE_TO_BOX
+        return f"eye distance {ratio:.2f} of the box width (expected {lo}..{hi})"
+    roll = math.degrees(math.atan2(eye_vector[1], eye_vector[0]))
+    if abs(roll) > MAX_ROLL_DEGREES:
+        return f"roll {roll:.0f} degrees (limit {MAX_ROLL_DEGREES:.0f})"
+    template = np.asarray(template, np.float64)
+    matrix = similarity_from_points(points, template)
+    residual = np.sqrt(np.mean(np.sum((apply_affine(matrix, points) - template) ** 2, 1)))
+    relative = residual / float(np.hypot(*(template[1] - template[0])))
+    if relative > MAX_RELATIVE_RESIDUAL:
+        return (
+            f"points do not fit the template (residual {relative:.2f} eye distances, "
+            f"limit {MAX_RELATIVE_RESIDUAL})"
+        )
+    return None
+
+
+def warp_to_template(
+    image: np.ndarray, points: np.ndarray, template: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The S x S crop in which `points` land (least squares) on `template`.
+
+    Args:
+      image: (H, W, 3) uint8 RGB.
+      points: (5, 2) image pixels, template order.
+      template: (5, 2) unit coordinates.
+      size: S, the crop side.
+
+    Returns:
+      `(crop (S, S, 3) uint8, matrix (2, 3))`, matrix mapping image pixels to crop pixels.
+      Outside the image the crop repeats the border pixels (as RAF-DB's aligned crops do
+      rather than showing black corners).
+    """
+    matrix = similarity_from_points(points, template_pixels(template, size))
+    crop = cv2.warpAffine(
+        np.ascontiguousarray(image),
+        matrix,
+        (int(size), int(size)),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    return crop, matrix

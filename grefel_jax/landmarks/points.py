@@ -30,12 +30,16 @@ class PointLayout:
       flip_permutation: (N,) indices, see the module doc.
       right_eye, left_eye: indices of the points whose mean is each eye centre (subject's
         right / left).
+      nose_tip: index of the nose tip.
+      mouth_corners: indices of the (subject's right, left) mouth corners.
     """
 
     num_points: int
     flip_permutation: tuple[int, ...]
     right_eye: tuple[int, ...]
     left_eye: tuple[int, ...]
+    nose_tip: int
+    mouth_corners: tuple[int, int]
 
     def __post_init__(self):
         if sorted(self.flip_permutation) != list(range(self.num_points)):
@@ -50,6 +54,14 @@ class PointLayout:
         right = points[..., list(self.right_eye), :].mean(axis=-2)
         left = points[..., list(self.left_eye), :].mean(axis=-2)
         return right, left
+
+    def five_points(self, points: np.ndarray) -> np.ndarray:
+        """`points (..., N, 2)` -> `(..., 5, 2)`: right eye centre, left eye centre, nose tip,
+        right and left mouth corners (the order of `inference.align`'s templates)."""
+        points = np.asarray(points)
+        right, left = self.eye_centres(points)
+        rest = points[..., [self.nose_tip, *self.mouth_corners], :]
+        return np.concatenate([right[..., None, :], left[..., None, :], rest], axis=-2)
 
 
 def _ibug68_flip() -> tuple[int, ...]:
@@ -71,14 +83,31 @@ SYNTHETIC_FACES = PointLayout(
     flip_permutation=face_geometry.LANDMARK_FLIP_PERMUTATION,
     right_eye=face_geometry.EYE_CENTRE_POINTS[0],
     left_eye=face_geometry.EYE_CENTRE_POINTS[1],
+    nose_tip=face_geometry.LANDMARK_NAMES.index("nose_tip"),
+    mouth_corners=(
+        face_geometry.LANDMARK_NAMES.index("mouth_corner_r"),
+        face_geometry.LANDMARK_NAMES.index("mouth_corner_l"),
+    ),
 )
 IBUG_68 = PointLayout(
     num_points=68,
     flip_permutation=_ibug68_flip(),
     right_eye=tuple(range(36, 42)),
     left_eye=tuple(range(42, 48)),
+    nose_tip=30,
+    mouth_corners=(48, 54),
 )
 LAYOUTS = {"synthetic_faces": SYNTHETIC_FACES, "affectnet": IBUG_68}
+
+
+def layout_for_num_points(num_points: int) -> PointLayout:
+    """The layout with `num_points` points (a landmark checkpoint records only its head's
+    size); ValueError naming the known sizes."""
+    for layout in LAYOUTS.values():
+        if layout.num_points == num_points:
+            return layout
+    known = sorted(layout.num_points for layout in LAYOUTS.values())
+    raise ValueError(f"no landmark layout has {num_points} points (known: {known}).")
 
 
 def layout_for(dataset_name: str) -> PointLayout:
