@@ -9,8 +9,11 @@ r"""Predicts facial expressions in image files: detect faces, crop, classify, re
 step directories, or an inference checkpoint (e.g. a converted POSTER++ or ARBEx file).
 Directories are searched recursively for images. Faces are found with OpenCV's frontal-face
 Haar cascade and cropped square with `--margin` of context; `--no-detect` feeds whole images
-(already aligned crops such as RAF-DB's). Pixels then go through the evaluation pipeline's own
-preprocessing function.
+(already aligned crops such as RAF-DB's). `--align --landmarks W` (W: a landmark pretraining
+workdir) replaces the square crop by the face warped onto the training data's five-point
+template (`--align_template`; docs/landmarks.md "Alignment for prediction"); a face whose
+predicted points are implausible keeps its square crop, with a WARNING line. Pixels then go
+through the evaluation pipeline's own preprocessing function.
 
 Output: a table on stdout (file, face box x,y,w,h, primary class and probability, the
 reliability-balanced class and probability, the normalized-entropy confidence);
@@ -51,6 +54,9 @@ def run(
     batch_size: int = 32,
     dataset: str | None = None,
     class_names: Sequence[str] | None = None,
+    align: bool = False,
+    landmarks: str | None = None,
+    align_template: str = "auto",
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
@@ -65,6 +71,8 @@ def run(
       margin, min_face_fraction, min_neighbors, max_faces: cropping and detector settings.
       batch_size: faces per jitted forward pass.
       dataset / class_names: override the checkpoint's class names.
+      align / landmarks / align_template: warp faces onto the template with points from the
+        landmark workdir `landmarks` (required with align).
       stdout / stderr: streams (tests pass StringIO).
     """
     from grefel_jax.checkpoints import CheckpointError
@@ -78,7 +86,22 @@ def run(
     if not inputs:
         print("ERROR: no images given (pass files and/or directories).", file=stderr)
         return EXIT_FATAL
+    if align and not landmarks:
+        print(
+            "ERROR: --align needs --landmarks WORKDIR (a landmark pretraining workdir, "
+            "python -m grefel_jax.landmarks.pretrain).",
+            file=stderr,
+        )
+        return EXIT_FATAL
+    if landmarks and not align:
+        print("ERROR: --landmarks is only used with --align.", file=stderr)
+        return EXIT_FATAL
     try:
+        landmark_model = None
+        if align:
+            from grefel_jax.inference.landmark_points import LandmarkModel
+
+            landmark_model = LandmarkModel.from_checkpoint(landmarks)
         detector = faces_lib.FaceDetector(
             min_face_fraction=min_face_fraction,
             min_neighbors=min_neighbors,
@@ -92,6 +115,10 @@ def run(
             detector=detector,
             margin=margin,
             batch_size=batch_size,
+            align=align,
+            landmarks=landmark_model,
+            template=align_template,
+            warn=lambda message: print(f"WARNING: {message}", file=stderr),
         )
     except (CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"ERROR: {e}", file=stderr)
@@ -125,6 +152,7 @@ def run(
             "checkpoint": checkpoint,
             "class_names": list(names),
             "detect": detect,
+            "align": align,
             "images": records,
         }
         with open_output(json_path, stdout) as f:
@@ -180,6 +208,9 @@ def main(argv: Sequence[str]) -> int:
         batch_size=FLAGS.batch_size,
         dataset=FLAGS.dataset,
         class_names=class_names,
+        align=FLAGS.align,
+        landmarks=FLAGS.landmarks,
+        align_template=FLAGS.align_template,
     )
 
 
@@ -211,6 +242,18 @@ def _define_flags() -> None:
         "ferplus, ...): converted checkpoints do not record theirs.",
     )
     flags.DEFINE_string("class_names", None, "Comma-separated class names (overrides all).")
+    flags.DEFINE_bool(
+        "align", False, "Warp each face onto the training data's five-point template."
+    )
+    flags.DEFINE_string(
+        "landmarks", None, "Landmark pretraining workdir whose points --align uses."
+    )
+    flags.DEFINE_enum(
+        "align_template",
+        "auto",
+        ["auto", "arcface", "synthetic_faces"],
+        "Template of --align (auto: synthetic_faces for a synthetic_faces model, else arcface).",
+    )
 
 
 if __name__ == "__main__":

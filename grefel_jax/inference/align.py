@@ -63,6 +63,11 @@ _SYNTHETIC_CANONICAL = np.array(
 )
 SYNTHETIC_FACES = 0.5 + 0.395 * (_SYNTHETIC_CANONICAL - np.array([0.0, 0.12]))
 
+
+class AlignmentWarning(UserWarning):
+    """A face kept its square crop because its landmarks were implausible."""
+
+
 TEMPLATES = {"arcface": ARCFACE, "synthetic_faces": SYNTHETIC_FACES}
 
 # Plausibility limits (see `implausibility`). A Haar box is about 2.3 eye distances wide on

@@ -9,6 +9,12 @@ The path from pixels to model input is the evaluation pipeline's: decode to upri
 (`inference.images`), crop the face (`inference.faces`), then
 `grefel_jax.preprocess.preprocess_eval_image` (resize + ImageNet normalization), the very
 function the evaluation pipeline maps over its records.
+
+With `align=True` (and a landmark network, `inference.landmark_points.LandmarkModel`) the
+square crop is replaced by the face warped onto the five-point template of the training data
+(`inference.align`): points are predicted on the square crop, fitted to the template by a
+similarity, and the image is warped. Faces whose points are implausible keep the square crop,
+with a warning.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -24,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grefel_jax import settings
+from grefel_jax.inference import align as align_lib
 from grefel_jax.inference import faces as faces_lib
 from grefel_jax.inference import images as images_lib
 from grefel_jax.inference.class_names import resolve_class_names
@@ -72,6 +80,13 @@ class Predictor:
         outputs depend on which faces share a batch (as in the official ARBEx code).
       compute_dtype: dtype of the backbone computation (the head is always float32).
       metadata: what the checkpoint recorded (kept as `self.metadata`).
+      align: warp each face onto `template` with points from `landmarks` (see the module doc).
+      landmarks: the landmark network (required with align=True): anything with `layout`
+        (a PointLayout) and `predict_points(crops) -> (K, N, 2)` crop pixels.
+      template: an `inference.align.TEMPLATES` name, a (5, 2) unit-coordinate array, or
+        'auto': 'synthetic_faces' for a model trained on synthetic_faces, else 'arcface'.
+      warn: called with one line per face that falls back to the square crop (default:
+        `warnings.warn` with `align.AlignmentWarning`).
 
     The model runs on the default device (one accelerator, or the first CPU device).
     """
@@ -88,6 +103,10 @@ class Predictor:
         batch_size: int = 32,
         compute_dtype: Any = jnp.float32,
         metadata: Mapping[str, Any] | None = None,
+        align: bool = False,
+        landmarks: Any = None,
+        template: str | np.ndarray = "auto",
+        warn: Callable[[str], None] | None = None,
     ):
         num_classes = model_config.head.num_classes
         if len(class_names) != num_classes:
@@ -120,6 +139,12 @@ class Predictor:
         self._variables = jax.device_put(
             {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
         )
+        if align and landmarks is None:
+            raise ValueError("align=True needs a landmark network (--landmarks WORKDIR).")
+        self.align = bool(align)
+        self.landmarks = landmarks
+        self.template = _resolve_template(template, self.metadata.get("dataset"))
+        self._warn = warn or (lambda m: warnings.warn(m, align_lib.AlignmentWarning, 3))
         if detect:
             self.detector._classifier()  # Fail now, not on the first image.
 
@@ -267,14 +292,42 @@ class Predictor:
             box = faces_lib.whole_image_box(image)
             region = (0, 0, box.width, box.height)
             result.faces.append(unfilled_face(box, region))
-            return result, [image]
-        crops = []
-        for box in self.detector.detect(image):
-            region = faces_lib.crop_box(box, image.shape, self.margin)
-            # Placeholders until the batch runs; `_finish` fills in the numbers.
-            result.faces.append(unfilled_face(box, region))
-            crops.append(faces_lib.crop(image, region))
+            crops = [image]
+        else:
+            crops = []
+            for box in self.detector.detect(image):
+                region = faces_lib.crop_box(box, image.shape, self.margin)
+                # Placeholders until the batch runs; `_finish` fills in the numbers.
+                result.faces.append(unfilled_face(box, region))
+                crops.append(faces_lib.crop(image, region))
+        if self.align and crops:
+            crops = self._align(image, result, crops)
         return result, crops
+
+    def _align(
+        self, image: np.ndarray, result: ImagePrediction, crops: list[np.ndarray]
+    ) -> list[np.ndarray]:
+        """The aligned crop of each face (or its square crop, with a warning); sets
+        `face.aligned`."""
+        points = self.landmarks.predict_points(crops)  # (K, N, 2) crop pixels
+        aligned = []
+        for index, (face, crop, face_points) in enumerate(zip(result.faces, crops, points)):
+            # Crops are unresized slices of the image: crop pixel + corner = image pixel.
+            x0, y0 = face.crop_box[:2]
+            five = self.landmarks.layout.five_points(face_points + np.array([x0, y0]))
+            problem = align_lib.implausibility(five, self.template, face.box.as_tuple())
+            if problem is not None:
+                self._warn(
+                    f"{result.source}: face {index}: landmarks implausible ({problem}); "
+                    "using the square crop."
+                )
+                face.aligned = False
+                aligned.append(crop)
+                continue
+            warped, _ = align_lib.warp_to_template(image, five, self.template, self.image_size)
+            face.aligned = True
+            aligned.append(warped)
+        return aligned
 
     def _finish(
         self, pending: list[tuple[ImagePrediction, list[np.ndarray]]]
@@ -287,6 +340,19 @@ class Predictor:
                 fill_face(face, outputs, row, self.class_names)
                 row += 1
             yield result
+
+
+def _resolve_template(template: str | np.ndarray, dataset: str | None) -> np.ndarray:
+    """(5, 2) unit template from a name, an array or 'auto' (by the training dataset)."""
+    if isinstance(template, str):
+        if template == "auto":
+            synthetic = str(dataset or "").startswith("synthetic_faces")
+            template = "synthetic_faces" if synthetic else "arcface"
+        return align_lib.template_for(template)
+    template = np.asarray(template, np.float64)
+    if template.shape != (5, 2):
+        raise ValueError(f"an alignment template is (5, 2) unit coordinates, got {template.shape}.")
+    return template
 
 
 @contextlib.contextmanager

@@ -119,6 +119,7 @@ def face_record(face, class_names: Sequence[str]) -> dict[str, Any]:
         "confidence": face.confidence,
         "anchor_confidence": _none_or_float(face.anchor_confidence),
         "attention_confidence": _none_or_float(face.attention_confidence),
+        "aligned": face.aligned,
     }
 
 

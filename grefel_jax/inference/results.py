@@ -39,6 +39,8 @@ class FacePrediction:
       confidence: 1 - H(p) / ln C, the normalized-entropy confidence of p in [0, 1].
       anchor_confidence / attention_confidence: the same for the anchor and attention
         corrections (grefel head only, else None).
+      aligned: None when alignment was not asked for; True when the face was warped onto
+        the alignment template, False when it fell back to the square crop.
     """
 
     box: faces_lib.FaceBox
@@ -54,6 +56,7 @@ class FacePrediction:
     confidence: float
     anchor_confidence: float | None = None
     attention_confidence: float | None = None
+    aligned: bool | None = None
 
 
 @dataclasses.dataclass
