@@ -106,3 +106,194 @@ def test_implausible_points_are_rejected_with_a_reason(face, damage, reason):
     assert align.implausibility(five, align.SYNTHETIC_FACES, box) is None
     problem = align.implausibility(damage(five), align.SYNTHETIC_FACES, box)
     assert problem is not None and reason in problem, problem
+
+
+# ------------------------------------------------------------------------------------------
+# Predictor and CLI.
+# ------------------------------------------------------------------------------------------
+
+IMAGE_SIZE = 32  # the tiny models' input
+
+
+@pytest.fixture(scope="module")
+def checkpoints_dir(tmp_path_factory):
+    """A random tiny classifier and a random tiny landmark net, saved as checkpoints. The
+    landmark head's output BatchNorm scale is zeroed so that every point sits at the crop
+    centre (what an untrained net does): implausible by construction."""
+    import jax
+
+    from grefel_jax import checkpoints as ckpt_lib
+    from grefel_jax.data import classes
+    from grefel_jax.landmarks.model import LandmarkNet
+    from grefel_jax.models import GReFEL, init_variables, make_model_config
+
+    config = make_model_config("tiny", "grefel", 7, backbone_overrides={"image_size": IMAGE_SIZE})
+    variables = init_variables(GReFEL(config), jax.random.key(0, impl="unsafe_rbg"))
+    root = tmp_path_factory.mktemp("align")
+    record = ckpt_lib.ModelRecord(
+        config, class_names=classes.SYNTHETIC_FACES, dataset="synthetic_faces/tiny_64"
+    )
+    ckpt_lib.save_inference_checkpoint(root / "model", variables, record)
+    net = LandmarkNet(config.backbone, LAYOUT.num_points)
+    lm = jax.jit(lambda r: net.init(r, np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)), train=False))(
+        jax.random.key(1, impl="unsafe_rbg")
+    )
+    lm = jax.tree.map(np.asarray, lm)
+    bn = lm["params"]["face_landback"]["output_layer"]["bn"]
+    bn["scale"] = np.zeros_like(bn["scale"])
+    ckpt_lib.save_inference_checkpoint(root / "landmarks", lm, ckpt_lib.ModelRecord(config))
+    return root
+
+
+class _TruePoints:
+    """A stand-in landmark network that returns known image points (crop = whole image)."""
+
+    layout = LAYOUT
+
+    def __init__(self, points):
+        self.points = np.asarray(points, np.float64)
+
+    def predict_points(self, crops):
+        return np.stack([self.points for _ in crops])
+
+
+def test_predictor_classifies_the_aligned_crop_and_falls_back_with_a_warning(face, checkpoints_dir):
+    from grefel_jax.inference import Predictor
+
+    image, points = face
+    rotated, rotated_points = _rotate(image, points, 20.0)
+    model_dir = checkpoints_dir / "model"
+    good = Predictor.from_checkpoint(
+        model_dir, detect=False, align=True, landmarks=_TruePoints(rotated_points), batch_size=2
+    )
+    assert np.array_equal(good.template, align.SYNTHETIC_FACES)  # auto: a synthetic model
+    seen = []  # the crops the classifier is given
+    classify = good.predict_crops
+    good.predict_crops = lambda crops: seen.extend(crops) or classify(crops)
+    (result,) = good.predict([rotated])
+    (aligned_face,) = result.faces
+    assert aligned_face.aligned is True
+    want, _ = align.warp_to_template(
+        rotated, LAYOUT.five_points(rotated_points), align.SYNTHETIC_FACES, IMAGE_SIZE
+    )
+    (given,) = seen
+    np.testing.assert_array_equal(given, want)
+    np.testing.assert_allclose(aligned_face.probs, classify([want])["probs"][0])
+    square = classify([rotated])["probs"][0]
+
+    collapsed = np.full_like(rotated_points, RENDER / 2)
+    bad = Predictor.from_checkpoint(
+        model_dir, detect=False, align=True, landmarks=_TruePoints(collapsed), batch_size=2
+    )
+    seen.clear()
+    classify_bad = bad.predict_crops
+    bad.predict_crops = lambda crops: seen.extend(crops) or classify_bad(crops)
+    with pytest.warns(align.AlignmentWarning, match=r"images\[0\]: face 0: landmarks implaus"):
+        (result,) = bad.predict([rotated])
+    assert result.faces[0].aligned is False
+    (given,) = seen
+    np.testing.assert_array_equal(given, rotated)  # the square crop (here: the whole image)
+    np.testing.assert_allclose(result.faces[0].probs, square, rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(ValueError, match="needs a landmark network"):
+        Predictor.from_checkpoint(model_dir, detect=False, align=True)
+
+
+class _Detector:
+    """A stand-in face detector with one fixed box."""
+
+    def __init__(self, box):
+        self.box = box
+
+    def _classifier(self):
+        return None
+
+    def detect(self, image):
+        return [self.box]
+
+
+class _PointsInCrop:
+    """Landmarks that know the true image points and answer in crop pixels, as the network
+    does: checks that the Predictor maps crop pixels back to the image."""
+
+    layout = LAYOUT
+
+    def __init__(self, image_points, corner):
+        self.points = np.asarray(image_points, np.float64) - np.asarray(corner, np.float64)
+
+    def predict_points(self, crops):
+        return np.stack([self.points for _ in crops])
+
+
+def test_detected_faces_are_aligned_in_image_coordinates(face, checkpoints_dir):
+    from grefel_jax.inference import FaceBox, Predictor, crop_box
+
+    image, points = face
+    rotated, rotated_points = _rotate(image, points, 20.0)
+    canvas = np.full((400, 420, 3), 90, np.uint8)
+    offset = np.array([110, 70])
+    canvas[70 : 70 + RENDER, 110 : 110 + RENDER] = rotated
+    canvas_points = rotated_points + offset
+    box = FaceBox(150, 110, 176, 176)
+    corner = crop_box(box, canvas.shape, 0.2)[:2]
+    predictor = Predictor.from_checkpoint(
+        checkpoints_dir / "model",
+        detector=_Detector(box),
+        align=True,
+        landmarks=_PointsInCrop(canvas_points, corner),
+        batch_size=2,
+    )
+    seen = []
+    classify = predictor.predict_crops
+    predictor.predict_crops = lambda crops: seen.extend(crops) or classify(crops)
+    (result,) = predictor.predict([canvas])
+    assert result.faces[0].aligned is True
+    want, _ = align.warp_to_template(
+        canvas, LAYOUT.five_points(canvas_points), align.SYNTHETIC_FACES, IMAGE_SIZE
+    )
+    np.testing.assert_array_equal(seen[0], want)
+
+
+def test_cli_align_with_a_landmark_workdir_and_its_errors(face, checkpoints_dir, tmp_path):
+    import io
+    import json
+
+    from PIL import Image
+
+    from grefel_jax import predict
+
+    image, _ = face
+    path = tmp_path / "face.png"
+    Image.fromarray(image).save(path)
+    model, landmarks = str(checkpoints_dir / "model"), str(checkpoints_dir / "landmarks")
+    out, err = io.StringIO(), io.StringIO()
+    code = predict.run(
+        [str(path)],
+        checkpoint=model,
+        detect=False,
+        align=True,
+        landmarks=landmarks,
+        json_path=str(tmp_path / "p.json"),
+        batch_size=2,
+        stdout=out,
+        stderr=err,
+    )
+    assert code == predict.EXIT_OK, err.getvalue()
+    document = json.loads((tmp_path / "p.json").read_text())
+    assert document["align"] is True
+    (record,) = document["images"][0]["faces"]
+    # The collapsed points of the zeroed head: the square crop, and one WARNING line.
+    assert record["aligned"] is False
+    assert "WARNING: " in err.getvalue() and "eye distance" in err.getvalue()
+
+    for kwargs, message in [
+        ({"align": True}, "ERROR: --align needs --landmarks WORKDIR"),
+        ({"align": True, "landmarks": model}, "not a landmark pretraining workdir"),
+        ({"landmarks": landmarks}, "--landmarks is only used with --align"),
+    ]:
+        err = io.StringIO()
+        code = predict.run(
+            [str(path)], checkpoint=model, detect=False, stdout=io.StringIO(), stderr=err, **kwargs
+        )
+        assert code == predict.EXIT_FATAL and message in err.getvalue(), err.getvalue()
+        assert len(err.getvalue().strip().splitlines()) == 1  # one line, no traceback
