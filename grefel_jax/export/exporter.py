@@ -275,7 +275,10 @@ def _manifest(checkpoint, predictor, spec, batch, dtype, output_shapes, artifact
             "region": "the whole image: inputs are face crops, as `predict --no-detect`",
             "detect_margin": DETECT_MARGIN,
         },
-        "alignment": {"method": "none", "note": "predict does not align faces"},
+        "alignment": {
+            "method": "none",
+            "note": "inputs are face crops; `predict --align` (landmarks + warp) is not exported",
+        },
         "batch": "dynamic" if batch is None else batch,
         "batch_dependent": bool(head.batch_dependent),
         "compute_dtype": dtype,

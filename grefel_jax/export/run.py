@@ -139,6 +139,7 @@ def run(
             "checkpoint": manifest["checkpoint"],
             "class_names": list(names),
             "detect": False,
+            "align": False,  # Artifacts take face crops; `predict --align` is not in them.
             "images": [report.image_record(r, names) for r in done],
         }
         with open_output(json_path, stdout) as f:
