@@ -70,9 +70,11 @@ class LandmarkModel:
           CheckpointError / ValueError: naming the path and what is wrong.
         """
         from grefel_jax.checkpoints import load_inference_checkpoint
+        from grefel_jax.inference.predictor import _quiet_absl_logging
 
         path = os.path.abspath(path)
-        variables, model_config, _ = load_inference_checkpoint(path, check_shapes=False)
+        with _quiet_absl_logging():  # orbax's routine read-only notes
+            variables, model_config, _ = load_inference_checkpoint(path, check_shapes=False)
         try:
             return cls(variables, model_config.backbone, **kwargs)
         except ValueError as e:
