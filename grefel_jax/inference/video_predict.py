@@ -88,7 +88,9 @@ def predict_video(
         for frame in frames:
             if predictor.detect:
                 boxes = detector.detect(frame.image)
-                regions = [faces_lib.crop_box(b, frame.image.shape, predictor.margin) for b in boxes]
+                regions = [
+                    faces_lib.crop_box(b, frame.image.shape, predictor.margin) for b in boxes
+                ]
             else:
                 box = faces_lib.whole_image_box(frame.image)
                 boxes, regions = [box], [(0, 0, box.width, box.height)]
@@ -104,7 +106,9 @@ def predict_video(
                 frame.time_s,
                 [f.box for f in faces],
                 np.stack([f.probs for f in faces]) if faces else np.zeros((0, len(names))),
-                np.stack([f.corrected_probs for f in faces]) if faces else np.zeros((0, len(names))),
+                np.stack([f.corrected_probs for f in faces])
+                if faces
+                else np.zeros((0, len(names))),
             )
             yield frame, [_video_face(f, m, names) for f, m in zip(faces, matches)]
 
