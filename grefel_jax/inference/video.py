@@ -158,9 +158,17 @@ def _open_quietly(source: str | int) -> cv2.VideoCapture:
         cv2.utils.logging.setLogLevel(previous)
 
 
+# FourCC per output suffix (others: MJPG). OpenCV's MJPG ignores the quality property, and
+# its 4:2:0 chroma subsampling blurs saturated edges by a few grey levels.
+_CODECS = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "FFV1"}
+
+
 class VideoWriter:
-    """Writes RGB frames to a video file (Motion-JPEG in AVI: the codec every OpenCV build,
-    headless ones included, can write; `.mp4` files get MPEG-4 Part 2 instead).
+    """Writes RGB frames to a video file, the codec chosen by the suffix (`_CODECS`).
+
+    `.avi` gets Motion-JPEG, which every OpenCV build (headless ones included) writes and
+    every player reads; `.mp4` MPEG-4 Part 2; `.mkv` FFV1, lossless (what tests use to know
+    the exact pixels of every frame).
 
     Args:
       path: output file; its folder is created.
@@ -175,7 +183,7 @@ class VideoWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.size = (int(size[0]), int(size[1]))
-        codec = "mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG"
+        codec = _CODECS.get(self.path.suffix.lower(), "MJPG")
         self._writer = cv2.VideoWriter(
             str(self.path), cv2.VideoWriter_fourcc(*codec), float(fps), self.size
         )
