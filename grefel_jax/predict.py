@@ -254,13 +254,22 @@ def run_video(
     from grefel_jax.inference.tracking import IoUTracker
 
     names = predictor.class_names
-    try:
-        trackers = [IoUTracker(iou_threshold, max_missed, half_life) for _ in sources]
-        if every < 1 or batch_frames < 1:
-            raise ValueError(f"--every={every} and --batch_frames={batch_frames} must be >= 1.")
-    except ValueError as e:
-        print(f"ERROR: {e}", file=stderr)
+    problems = [
+        f"--{name}={value} must be {rule}"
+        for name, value, ok, rule in (
+            ("half_life", half_life, half_life >= 0, ">= 0 (0: no smoothing)"),
+            ("every", every, every >= 1, ">= 1"),
+            ("max_frames", max_frames, max_frames is None or max_frames >= 1, ">= 0 (0: all)"),
+            ("batch_frames", batch_frames, batch_frames >= 1, ">= 1"),
+            ("iou_threshold", iou_threshold, 0 < iou_threshold <= 1, "in (0, 1]"),
+            ("max_missed", max_missed, max_missed >= 0, ">= 0"),
+        )
+        if not ok
+    ]
+    if problems:
+        print(f"ERROR: {problems[0]}.", file=stderr)
         return EXIT_FATAL
+    trackers = [IoUTracker(iou_threshold, max_missed, half_life) for _ in sources]
 
     to_stdout = "-" in (json_path, csv_path)
     csv_stream = (
@@ -282,9 +291,10 @@ def run_video(
             writer = None
             start = time.perf_counter()
             with reader, contextlib.ExitStack() as stack:
-                for frame, faces in video_predict.predict_video(
+                frames_and_faces = video_predict.predict_video(
                     predictor, reader, tracker, batch_frames=batch_frames, detector=detector
-                ):
+                )
+                for frame, faces in _until_interrupted(frames_and_faces, stderr):
                     frames_done += 1
                     faces_done += len(faces)
                     if csv_writer:
@@ -336,6 +346,15 @@ def run_video(
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
+def _until_interrupted(items, stderr: TextIO):
+    """`items` until Ctrl-C: a webcam runs until interrupted, and the reports (JSON, CSV,
+    annotated video) must still be written for the frames read so far."""
+    try:
+        yield from items
+    except KeyboardInterrupt:
+        print("Interrupted: the reports hold the frames read so far.", file=stderr)
+
+
 @contextlib.contextmanager
 def open_output(path: str, stdout: TextIO, newline: str | None = None):
     """A text stream to write a report to: `path`, or `stdout` when path is '-'."""
@@ -374,7 +393,7 @@ def main(argv: Sequence[str]) -> int:
         camera=FLAGS.camera,
         half_life=FLAGS.half_life,
         every=FLAGS.every,
-        max_frames=FLAGS.max_frames or None,
+        max_frames=FLAGS.max_frames if FLAGS.max_frames else None,
         batch_frames=FLAGS.batch_frames,
         iou_threshold=FLAGS.iou_threshold,
         max_missed=FLAGS.max_missed,
