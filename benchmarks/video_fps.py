@@ -94,7 +94,10 @@ def main(argv):
 
     result = {
         "model": "configs/demo.py (tiny, 64x64, grefel head), random init",
-        "video": f"{frames} frames {WIDTH}x{HEIGHT} Motion-JPEG, one face per frame",
+        "video": (
+            f"{frames} frames {WIDTH}x{HEIGHT} Motion-JPEG, one real face drawn per frame "
+            "(faces_found counts Haar boxes, false positives included)"
+        ),
         "batch_frames": FLAGS.batch_frames,
         "batch_size": FLAGS.batch_size,
         "faces_found": faces,
