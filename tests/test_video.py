@@ -194,6 +194,12 @@ def test_video_tracks_and_classes(checkpoint, tmp_path):
         frames = list(reader.frames())
     assert len(frames) == FRAMES and frames[0].image.shape == (HEIGHT, WIDTH, 3)
     assert reader.fps == pytest.approx(FPS)
+    # The boxes are drawn (green, RGB) where the faces are: along the upper face's left edge,
+    # where the face's own background has no green (1-pixel lines: Motion-JPEG blurs them).
+    x, y = positions[0][0]
+    edge = frames[0].image[y + 10 : y + FACE - 10, x].astype(int)
+    drawn_on = faces[0][10 : FACE - 10, 0].astype(int)
+    assert edge[:, 1].mean() - drawn_on[:, 1].mean() > 100, (edge, drawn_on)
 
 
 def test_reader_stride_and_batches(tmp_path):
