@@ -12,13 +12,24 @@ Haar cascade and cropped square with `--margin` of context; `--no-detect` feeds 
 (already aligned crops such as RAF-DB's). `--align --landmarks W` (W: a landmark pretraining
 workdir) replaces the square crop by the face warped onto the training data's five-point
 template (`--align_template`; docs/landmarks.md "Alignment for prediction"); a face whose
-predicted points are implausible keeps its square crop, with a WARNING line. Pixels then go
-through the evaluation pipeline's own preprocessing function.
+predicted points are implausible keeps its square crop, with a WARNING line (video frames
+are aligned the same way). Pixels then go through the evaluation pipeline's own
+preprocessing function.
 
 Output: a table on stdout (file, face box x,y,w,h, primary class and probability, the
 reliability-balanced class and probability, the normalized-entropy confidence);
 `--json FILE` and `--csv FILE` ('-' for stdout, which then replaces the table) carry every
 class probability and, for the grefel head, the anchor and attention confidences.
+
+Video: inputs ending in .mp4 .avi .mov .mkv .webm (or `--camera N`, a webcam) are read frame by
+frame (`--every N` keeps one frame in N); faces are detected per frame, classified in batches
+of `--batch_frames` frames, tracked across frames (a face keeps its `track_id`) and each
+track's probabilities are smoothed over time (EMA, `--half_life` seconds). `--json`/`--csv`
+then hold one row per (frame, face); `--annotate OUT.avi` writes one annotated video (boxes,
+track ids, smoothed classes). Frames per second are reported on stderr.
+
+  python -m grefel_jax.predict --checkpoint runs/demo --csv faces.csv --annotate out.avi clip.mp4
+  python -m grefel_jax.predict --checkpoint runs/demo --camera 0 --max_frames 300 --csv -
 
 Exit status: 0 when every image was read and predicted (images without a face count as
 success and are listed as 'no face found'); 1 when some input could not be read (each one is
@@ -57,6 +68,14 @@ def run(
     align: bool = False,
     landmarks: str | None = None,
     align_template: str = "auto",
+    camera: int | None = None,
+    half_life: float = 0.5,
+    every: int = 1,
+    max_frames: int | None = None,
+    batch_frames: int = 8,
+    iou_threshold: float = 0.3,
+    max_missed: int = 5,
+    detector=None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
@@ -73,18 +92,48 @@ def run(
       dataset / class_names: override the checkpoint's class names.
       align / landmarks / align_template: warp faces onto the template with points from the
         landmark workdir `landmarks` (required with align).
+      camera: read this webcam index instead of files (video mode).
+      half_life, every, max_frames, batch_frames, iou_threshold, max_missed: video settings
+        (see `run_video`); video mode is chosen by `camera` or video file suffixes.
+      detector: replaces the Haar detector (anything with `detect(image) -> [FaceBox]`).
       stdout / stderr: streams (tests pass StringIO).
     """
     from grefel_jax.checkpoints import CheckpointError
     from grefel_jax.inference import faces as faces_lib
     from grefel_jax.inference import images as images_lib
     from grefel_jax.inference import report
+    from grefel_jax.inference import video as video_lib
     from grefel_jax.inference.predictor import ImagePrediction, Predictor
 
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    if not inputs:
+    videos = [i for i in inputs if video_lib.is_video_path(i)]
+    video_mode = camera is not None or bool(videos)
+    if not inputs and camera is None:
         print("ERROR: no images given (pass files and/or directories).", file=stderr)
+        return EXIT_FATAL
+    if video_mode and len(videos) != len(inputs):
+        others = [i for i in inputs if i not in videos]
+        what = "--camera" if camera is not None and not videos else f"video {videos[0]}"
+        print(
+            f"ERROR: {what} given with non-video inputs {others[:3]}: predict videos "
+            "and images in separate runs.",
+            file=stderr,
+        )
+        return EXIT_FATAL
+    if camera is not None and videos:
+        print("ERROR: --camera given with video files: use one or the other.", file=stderr)
+        return EXIT_FATAL
+    sources = [camera] if camera is not None else videos
+    if video_mode and annotate_dir and len(sources) > 1:
+        print("ERROR: --annotate writes one video: give one video per run.", file=stderr)
+        return EXIT_FATAL
+    if video_mode and annotate_dir and not video_lib.is_video_path(annotate_dir):
+        print(
+            f"ERROR: --annotate={annotate_dir}: for video, name an output video file "
+            "(.avi for Motion-JPEG, or .mp4).",
+            file=stderr,
+        )
         return EXIT_FATAL
     if align and not landmarks:
         print(
@@ -102,7 +151,7 @@ def run(
             from grefel_jax.inference.landmark_points import LandmarkModel
 
             landmark_model = LandmarkModel.from_checkpoint(landmarks)
-        detector = faces_lib.FaceDetector(
+        haar = faces_lib.FaceDetector(
             min_face_fraction=min_face_fraction,
             min_neighbors=min_neighbors,
             max_faces=max_faces or None,
@@ -112,7 +161,7 @@ def run(
             class_names=class_names,
             dataset=dataset,
             detect=detect,
-            detector=detector,
+            detector=haar,
             margin=margin,
             batch_size=batch_size,
             align=align,
@@ -123,6 +172,26 @@ def run(
     except (CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"ERROR: {e}", file=stderr)
         return EXIT_FATAL
+    if video_mode:
+        return run_video(
+            predictor,
+            sources,
+            checkpoint=checkpoint,
+            json_path=json_path,
+            csv_path=csv_path,
+            annotate_path=annotate_dir,
+            half_life=half_life,
+            every=every,
+            max_frames=max_frames,
+            batch_frames=batch_frames,
+            iou_threshold=iou_threshold,
+            max_missed=max_missed,
+            detector=detector,
+            stdout=stdout,
+            stderr=stderr,
+        )
+    if detector is not None:
+        predictor.detector = detector
 
     entries = list(images_lib.expand_inputs(inputs))
     files = [path for path, problem in entries if problem is None]
@@ -173,6 +242,148 @@ def run(
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
+def run_video(
+    predictor,
+    sources: Sequence[str | int],
+    *,
+    checkpoint: str,
+    json_path: str | None = None,
+    csv_path: str | None = None,
+    annotate_path: str | None = None,
+    half_life: float = 0.5,
+    every: int = 1,
+    max_frames: int | None = None,
+    batch_frames: int = 8,
+    iou_threshold: float = 0.3,
+    max_missed: int = 5,
+    detector=None,
+    stdout: TextIO,
+    stderr: TextIO,
+) -> int:
+    """Video mode of `run`: each source (a file path or camera index) in turn.
+
+    Args:
+      predictor: the loaded Predictor.
+      sources: video files, or one camera index.
+      half_life: EMA half-life of each track's probabilities, seconds (0: none).
+      every: keep one frame in `every`.
+      max_frames: stop each source after this many kept frames (None: all).
+      batch_frames: frames classified per batch.
+      iou_threshold / max_missed: tracker settings (`inference.tracking.IoUTracker`).
+      Others as in `run`.
+
+    Returns:
+      0, 1 when some video could not be opened (the others still run), 2 for bad settings.
+    """
+    import csv
+    import time
+
+    from grefel_jax.inference import video as video_lib
+    from grefel_jax.inference import video_predict
+    from grefel_jax.inference.tracking import IoUTracker
+
+    names = predictor.class_names
+    problems = [
+        f"--{name}={value} must be {rule}"
+        for name, value, ok, rule in (
+            ("half_life", half_life, half_life >= 0, ">= 0 (0: no smoothing)"),
+            ("every", every, every >= 1, ">= 1"),
+            ("max_frames", max_frames, max_frames is None or max_frames >= 1, ">= 0 (0: all)"),
+            ("batch_frames", batch_frames, batch_frames >= 1, ">= 1"),
+            ("iou_threshold", iou_threshold, 0 < iou_threshold <= 1, "in (0, 1]"),
+            ("max_missed", max_missed, max_missed >= 0, ">= 0"),
+        )
+        if not ok
+    ]
+    if problems:
+        print(f"ERROR: {problems[0]}.", file=stderr)
+        return EXIT_FATAL
+    trackers = [IoUTracker(iou_threshold, max_missed, half_life) for _ in sources]
+
+    to_stdout = "-" in (json_path, csv_path)
+    csv_stream = (
+        contextlib.ExitStack() if not csv_path else open_output(csv_path, stdout, newline="")
+    )
+    records, failed, frames_done, faces_done, seconds = [], 0, 0, 0, 0.0
+    with csv_stream as csv_file:
+        csv_writer = csv.writer(csv_file) if csv_path else None
+        if csv_writer:
+            csv_writer.writerow(video_predict.csv_header(names))
+        for source, tracker in zip(sources, trackers):
+            name = f"camera {source}" if isinstance(source, int) else str(source)
+            try:
+                reader = video_lib.VideoReader(source, every=every, max_frames=max_frames)
+            except video_lib.VideoOpenError as e:
+                print(f"ERROR: {e}", file=stderr)
+                failed += 1
+                continue
+            writer = None
+            start = time.perf_counter()
+            with reader, contextlib.ExitStack() as stack:
+                frames_and_faces = video_predict.predict_video(
+                    predictor, reader, tracker, batch_frames=batch_frames, detector=detector
+                )
+                for frame, faces in _until_interrupted(frames_and_faces, stderr):
+                    frames_done += 1
+                    faces_done += len(faces)
+                    if csv_writer:
+                        csv_writer.writerows(video_predict.csv_rows(name, frame, faces))
+                    if json_path:
+                        records.append(video_predict.frame_record(name, frame, faces, names))
+                    if not to_stdout:
+                        for face in faces:
+                            p = face.prediction
+                            print(
+                                f"{name} frame {frame.index} t={frame.time_s:.2f}s "
+                                f"track {face.track_id} box {','.join(map(str, p.box.as_tuple()))}"
+                                f" {p.label} {p.probability:.3f} smoothed "
+                                f"{face.smoothed_label} {face.smoothed_probability:.3f}",
+                                file=stdout,
+                            )
+                    if annotate_path:
+                        if writer is None:
+                            size = (frame.image.shape[1], frame.image.shape[0])
+                            try:
+                                writer = stack.enter_context(
+                                    video_lib.VideoWriter(annotate_path, reader.fps / every, size)
+                                )
+                            except video_lib.VideoOpenError as e:
+                                print(f"ERROR: --annotate: {e}", file=stderr)
+                                return EXIT_FATAL
+                        writer.write(video_predict.annotate_frame(frame.image, faces))
+            seconds += time.perf_counter() - start
+
+    if json_path:
+        document = {
+            "checkpoint": checkpoint,
+            "class_names": list(names),
+            "detect": predictor.detect,
+            "half_life_s": half_life,
+            "every": every,
+            "frames": records,
+        }
+        with open_output(json_path, stdout) as f:
+            json.dump(document, f, indent=2)
+            f.write("\n")
+    fps = frames_done / seconds if seconds > 0 else 0.0
+    print(
+        f"{len(sources)} video source(s): {frames_done} frame(s), {faces_done} face(s) "
+        f"predicted in {seconds:.1f} s ({fps:.1f} frames/s, compilation included), "
+        f"{failed} failed.",
+        file=stderr,
+    )
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _until_interrupted(items, stderr: TextIO):
+    """`items` until Ctrl-C: a webcam runs until interrupted, and the reports (JSON, CSV,
+    annotated video) must still be written for the frames read so far."""
+    try:
+        yield from items
+    except KeyboardInterrupt:
+        print("Interrupted: the reports hold the frames read so far.", file=stderr)
+
+
 @contextlib.contextmanager
 def open_output(path: str, stdout: TextIO, newline: str | None = None):
     """A text stream to write a report to: `path`, or `stdout` when path is '-'."""
@@ -211,6 +422,13 @@ def main(argv: Sequence[str]) -> int:
         align=FLAGS.align,
         landmarks=FLAGS.landmarks,
         align_template=FLAGS.align_template,
+        camera=FLAGS.camera,
+        half_life=FLAGS.half_life,
+        every=FLAGS.every,
+        max_frames=FLAGS.max_frames if FLAGS.max_frames else None,
+        batch_frames=FLAGS.batch_frames,
+        iou_threshold=FLAGS.iou_threshold,
+        max_missed=FLAGS.max_missed,
     )
 
 
@@ -225,7 +443,11 @@ def _define_flags() -> None:
     )
     flags.DEFINE_string("json", None, "Write all predictions as JSON to this file ('-': stdout).")
     flags.DEFINE_string("csv", None, "Write one CSV row per face to this file ('-': stdout).")
-    flags.DEFINE_string("annotate", None, "Write the images with boxes and labels to this folder.")
+    flags.DEFINE_string(
+        "annotate",
+        None,
+        "Write the images with boxes and labels to this folder (video: to this .avi/.mp4 file).",
+    )
     flags.DEFINE_float("margin", 0.2, "Context around a detected face, fraction of its side.")
     flags.DEFINE_float(
         "min_face_size", 0.1, "Smallest face side, as a fraction of the image's shorter side."
@@ -254,6 +476,15 @@ def _define_flags() -> None:
         ["auto", "arcface", "synthetic_faces"],
         "Template of --align (auto: synthetic_faces for a synthetic_faces model, else arcface).",
     )
+    flags.DEFINE_integer("camera", None, "Predict on this webcam (OpenCV camera index).")
+    flags.DEFINE_float(
+        "half_life", 0.5, "Video: half-life in seconds of each track's probability EMA (0: none)."
+    )
+    flags.DEFINE_integer("every", 1, "Video: keep one frame in this many.")
+    flags.DEFINE_integer("max_frames", 0, "Video: stop after this many kept frames (0: all).")
+    flags.DEFINE_integer("batch_frames", 8, "Video: frames whose faces are classified together.")
+    flags.DEFINE_float("iou_threshold", 0.3, "Video: smallest box IoU continuing a track.")
+    flags.DEFINE_integer("max_missed", 5, "Video: frames a track survives without a matching face.")
 
 
 if __name__ == "__main__":

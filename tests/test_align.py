@@ -297,3 +297,34 @@ def test_cli_align_with_a_landmark_workdir_and_its_errors(face, checkpoints_dir,
         )
         assert code == predict.EXIT_FATAL and message in err.getvalue(), err.getvalue()
         assert len(err.getvalue().strip().splitlines()) == 1  # one line, no traceback
+
+
+def test_video_frames_are_aligned_like_images(face, checkpoints_dir):
+    from grefel_jax.inference import Predictor
+    from grefel_jax.inference.tracking import IoUTracker
+    from grefel_jax.inference.video import Frame
+    from grefel_jax.inference.video_predict import predict_video
+
+    image, points = face
+    rotated, rotated_points = _rotate(image, points, 20.0)
+
+    class _Reader:  # two frames of the same face, one batch
+        def batches(self, n):
+            yield [Frame(0, 0.0, rotated), Frame(1, 0.04, rotated)]
+
+    predictor = Predictor.from_checkpoint(
+        checkpoints_dir / "model",
+        detect=False,
+        align=True,
+        landmarks=_TruePoints(rotated_points),
+        batch_size=2,
+    )
+    seen = []
+    classify = predictor.predict_crops
+    predictor.predict_crops = lambda crops: seen.extend(crops) or classify(crops)
+    frames = list(predict_video(predictor, _Reader(), IoUTracker(), batch_frames=2))
+    assert [f.prediction.aligned for _, faces in frames for f in faces] == [True, True]
+    want, _ = align.warp_to_template(
+        rotated, LAYOUT.five_points(rotated_points), align.SYNTHETIC_FACES, IMAGE_SIZE
+    )
+    assert len(seen) == 2 and all(np.array_equal(c, want) for c in seen)

@@ -23,6 +23,10 @@ _LAZY = {
     "FacePrediction": "results",
     "ImagePrediction": "results",
     "Predictor": "predictor",
+    "IoUTracker": "tracking",
+    "VideoReader": "video",
+    "VideoWriter": "video",
+    "predict_video": "video_predict",
     "resolve_class_names": "class_names",
 }
 

@@ -301,24 +301,38 @@ class Predictor:
                 result.faces.append(unfilled_face(box, region))
                 crops.append(faces_lib.crop(image, region))
         if self.align and crops:
-            crops = self._align(image, result, crops)
+            crops = self.align_crops(image, result.faces, crops, result.source)
         return result, crops
 
-    def _align(
-        self, image: np.ndarray, result: ImagePrediction, crops: list[np.ndarray]
+    def align_crops(
+        self,
+        image: np.ndarray,
+        faces: Sequence[FacePrediction],
+        crops: Sequence[np.ndarray],
+        source: str,
     ) -> list[np.ndarray]:
         """The aligned crop of each face (or its square crop, with a warning); sets
-        `face.aligned`."""
-        points = self.landmarks.predict_points(crops)  # (K, N, 2) crop pixels
+        `face.aligned`.
+
+        Args:
+          image: (H, W, 3) uint8 RGB, the whole image.
+          faces: K placeholders (`unfilled_face`) with their box and crop_box.
+          crops: the K square crops `image[crop_box]`.
+          source: names the image in warnings.
+
+        Returns:
+          K crops: (S, S, 3) aligned ones, the square crop where the points are implausible.
+        """
+        points = self.landmarks.predict_points(list(crops))  # (K, N, 2) crop pixels
         aligned = []
-        for index, (face, crop, face_points) in enumerate(zip(result.faces, crops, points)):
+        for index, (face, crop, face_points) in enumerate(zip(faces, crops, points)):
             # Crops are unresized slices of the image: crop pixel + corner = image pixel.
             x0, y0 = face.crop_box[:2]
             five = self.landmarks.layout.five_points(face_points + np.array([x0, y0]))
             problem = align_lib.implausibility(five, self.template, face.box.as_tuple())
             if problem is not None:
                 self._warn(
-                    f"{result.source}: face {index}: landmarks implausible ({problem}); "
+                    f"{source}: face {index}: landmarks implausible ({problem}); "
                     "using the square crop."
                 )
                 face.aligned = False

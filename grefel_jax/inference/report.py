@@ -201,18 +201,24 @@ _BOX_COLOR = (0, 220, 0)  # RGB
 _TEXT_COLOR = (0, 0, 0)
 
 
-def annotate(image: np.ndarray, result) -> np.ndarray:
-    """A copy of `image (H, W, 3) uint8 RGB` with each face's box and `label prob`."""
+def annotate(image: np.ndarray, result, texts: Sequence[str] | None = None) -> np.ndarray:
+    """A copy of `image (H, W, 3) uint8 RGB` with each face's box and `label prob`.
+
+    `texts` replaces the labels (one per face; video uses `#track smoothed-label prob`).
+    """
     canvas = np.ascontiguousarray(image.copy())
     side = min(canvas.shape[:2])
     thickness = max(1, side // 200)
     font_scale = max(0.35, side / 900.0)
-    for face in result.faces:
+    for index, face in enumerate(result.faces):
         x, y, w, h = face.box.as_tuple()
         cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), _BOX_COLOR, thickness)
-        text = f"{face.label} {face.probability:.2f}"
-        if face.corrected_label != face.label:
-            text += f" ({face.corrected_label})"
+        if texts is not None:
+            text = texts[index]
+        else:
+            text = f"{face.label} {face.probability:.2f}"
+            if face.corrected_label != face.label:
+                text += f" ({face.corrected_label})"
         (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         # Label above the box, or inside it when the box touches the top edge.
         top = y - th - baseline - 2 if y - th - baseline - 2 >= 0 else y

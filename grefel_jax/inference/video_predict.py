@@ -1,0 +1,228 @@
+"""Expression predictions on video: detect faces per frame, classify in batches, track, smooth.
+
+  predictor = Predictor.from_checkpoint("runs/demo")
+  with VideoReader("clip.mp4") as reader:
+      for frame, faces in predict_video(predictor, reader, IoUTracker(half_life_s=0.5)):
+          for face in faces:
+              print(frame.index, face.track_id, face.prediction.label, face.smoothed_label)
+
+Frames are read `batch_frames` at a time; every face of those frames is cropped exactly as for
+images (`Predictor`'s detector, margin and preprocessing) and the crops go through the jitted
+model together (`Predictor.predict_crops`, fixed-size padded batches: one compilation). The
+tracker then runs frame by frame, in order, so track ids and smoothing do not depend on the
+batching.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from grefel_jax.inference import faces as faces_lib
+from grefel_jax.inference import report
+from grefel_jax.inference.results import FacePrediction, ImagePrediction, fill_face, unfilled_face
+from grefel_jax.inference.tracking import IoUTracker
+from grefel_jax.inference.video import Frame, VideoReader
+
+
+class Detector(Protocol):
+    """Anything with `detect((H, W, 3) uint8 RGB) -> list[FaceBox]` (FaceDetector, or boxes
+    known in advance in tests)."""
+
+    def detect(self, image: np.ndarray) -> list[faces_lib.FaceBox]: ...
+
+
+@dataclasses.dataclass
+class VideoFace:
+    """One face in one frame.
+
+    Attributes:
+      track_id: the face's track (the same id across frames for the same face).
+      prediction: this frame's own FacePrediction (box, crop, class, probabilities, ...).
+      smoothed_probs / smoothed_corrected_probs: (C,) the track's EMA of the distributions,
+        this frame included.
+      smoothed_index / smoothed_label / smoothed_probability: argmax of smoothed_probs, and
+        smoothed_corrected_* of smoothed_corrected_probs.
+    """
+
+    track_id: int
+    prediction: FacePrediction
+    smoothed_probs: np.ndarray
+    smoothed_corrected_probs: np.ndarray
+    smoothed_index: int
+    smoothed_label: str
+    smoothed_probability: float
+    smoothed_corrected_index: int
+    smoothed_corrected_label: str
+    smoothed_corrected_probability: float
+
+
+def predict_video(
+    predictor: Any,
+    reader: VideoReader,
+    tracker: IoUTracker,
+    *,
+    batch_frames: int = 8,
+    detector: Detector | None = None,
+) -> Iterator[tuple[Frame, list[VideoFace]]]:
+    """Predicts, tracks and smooths every face of every kept frame, in order.
+
+    Args:
+      predictor: a `Predictor` (its detect flag, detector, margin and class names are used).
+      reader: the frames.
+      tracker: keeps track ids and smoothed probabilities (its state carries over calls).
+      batch_frames: frames read and classified together.
+      detector: overrides `predictor.detector`.
+
+    Yields:
+      `(frame, faces)` per kept frame; faces largest first, as the detector orders them.
+    """
+    detector = detector or predictor.detector
+    names = predictor.class_names
+    for frames in reader.batches(batch_frames):
+        per_frame: list[list[FacePrediction]] = []
+        crops = []
+        for frame in frames:
+            if predictor.detect:
+                boxes = detector.detect(frame.image)
+                regions = [
+                    faces_lib.crop_box(b, frame.image.shape, predictor.margin) for b in boxes
+                ]
+            else:
+                box = faces_lib.whole_image_box(frame.image)
+                boxes, regions = [box], [(0, 0, box.width, box.height)]
+            faces = [unfilled_face(b, r) for b, r in zip(boxes, regions)]
+            per_frame.append(faces)
+            frame_crops = [faces_lib.crop(frame.image, r) for r in regions]
+            if predictor.align and frame_crops:  # `predict --align`, as for images
+                source = f"frame {frame.index}"
+                frame_crops = predictor.align_crops(frame.image, faces, frame_crops, source)
+            crops += frame_crops
+        outputs = predictor.predict_crops(crops)
+        row = 0
+        for frame, faces in zip(frames, per_frame):
+            for face in faces:
+                fill_face(face, outputs, row, names)
+                row += 1
+            matches = tracker.update(
+                frame.time_s,
+                [f.box for f in faces],
+                np.stack([f.probs for f in faces]) if faces else np.zeros((0, len(names))),
+                np.stack([f.corrected_probs for f in faces])
+                if faces
+                else np.zeros((0, len(names))),
+            )
+            yield frame, [_video_face(f, m, names) for f, m in zip(faces, matches)]
+
+
+def _video_face(face: FacePrediction, match, names: Sequence[str]) -> VideoFace:
+    index = int(np.argmax(match.probs))
+    corrected = int(np.argmax(match.corrected_probs))
+    return VideoFace(
+        track_id=match.track_id,
+        prediction=face,
+        smoothed_probs=match.probs,
+        smoothed_corrected_probs=match.corrected_probs,
+        smoothed_index=index,
+        smoothed_label=names[index],
+        smoothed_probability=float(match.probs[index]),
+        smoothed_corrected_index=corrected,
+        smoothed_corrected_label=names[corrected],
+        smoothed_corrected_probability=float(match.corrected_probs[corrected]),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Reports: JSON records, CSV rows, annotated frames.
+# --------------------------------------------------------------------------------------------
+
+
+def face_record(face: VideoFace, class_names: Sequence[str]) -> dict[str, Any]:
+    """JSON-ready dict: the image report's face record plus track id and smoothed fields."""
+    record = {"track_id": face.track_id, **report.face_record(face.prediction, class_names)}
+    record.update(
+        smoothed_class=face.smoothed_label,
+        smoothed_probability=face.smoothed_probability,
+        smoothed_probabilities={n: float(p) for n, p in zip(class_names, face.smoothed_probs)},
+        smoothed_corrected_class=face.smoothed_corrected_label,
+        smoothed_corrected_probability=face.smoothed_corrected_probability,
+    )
+    return record
+
+
+def frame_record(source: str, frame: Frame, faces: Sequence[VideoFace], class_names) -> dict:
+    """JSON-ready dict of one frame."""
+    return {
+        "video": source,
+        "frame": frame.index,
+        "time_s": round(frame.time_s, 6),
+        "faces": [face_record(f, class_names) for f in faces],
+    }
+
+
+def csv_header(class_names: Sequence[str]) -> list[str]:
+    """Columns of the video CSV: one row per (frame, face)."""
+    return [
+        "video",
+        "frame",
+        "time_s",
+        "track_id",
+        "x",
+        "y",
+        "width",
+        "height",
+        "class",
+        "probability",
+        "corrected_class",
+        "corrected_probability",
+        "confidence",
+        "anchor_confidence",
+        "attention_confidence",
+        "smoothed_class",
+        "smoothed_probability",
+        "smoothed_corrected_class",
+        "smoothed_corrected_probability",
+        *(f"p_{name}" for name in class_names),
+        *(f"smoothed_p_{name}" for name in class_names),
+    ]
+
+
+def csv_rows(source: str, frame: Frame, faces: Sequence[VideoFace]) -> list[list[Any]]:
+    """The CSV rows of one frame (none for a frame without faces)."""
+    rows = []
+    for face in faces:
+        p = face.prediction
+        rows.append(
+            [
+                source,
+                frame.index,
+                f"{frame.time_s:.4f}",
+                face.track_id,
+                *p.box.as_tuple(),
+                p.label,
+                f"{p.probability:.6f}",
+                p.corrected_label,
+                f"{p.corrected_probability:.6f}",
+                f"{p.confidence:.6f}",
+                "" if p.anchor_confidence is None else f"{p.anchor_confidence:.6f}",
+                "" if p.attention_confidence is None else f"{p.attention_confidence:.6f}",
+                face.smoothed_label,
+                f"{face.smoothed_probability:.6f}",
+                face.smoothed_corrected_label,
+                f"{face.smoothed_corrected_probability:.6f}",
+                *(f"{v:.6f}" for v in p.probs),
+                *(f"{v:.6f}" for v in face.smoothed_probs),
+            ]
+        )
+    return rows
+
+
+def annotate_frame(image: np.ndarray, faces: Sequence[VideoFace]) -> np.ndarray:
+    """A copy of `image (H, W, 3) uint8 RGB` with each face's box and `#id label prob`
+    (the smoothed class)."""
+    result = ImagePrediction("frame", faces=[f.prediction for f in faces])
+    texts = [f"#{f.track_id} {f.smoothed_label} {f.smoothed_probability:.2f}" for f in faces]
+    return report.annotate(image, result, texts=texts)
