@@ -18,9 +18,9 @@ import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import skimage.data
+from head_training import train_head
 from PIL import Image
 
 from grefel_jax import checkpoints as ckpt_lib
@@ -53,41 +53,9 @@ def _split_images(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _train_head(model_config, variables, images, labels, steps=200):
-    """A few Adam steps on the head over frozen backbone features (cheap to compile)."""
-    model = GReFEL(model_config)
-    batch = np.stack([preprocess.preprocess_eval_image(x, IMAGE_SIZE) for x in images])
-    features = jax.jit(lambda v, x: model.apply(v, x, train=False, features_only=True))
-    embedding = features(variables, batch)["embedding"]
-    head = GReFELHead(model_config.head)
-    tx = optax.adam(1e-2)
-
-    def loss_fn(params, stats, rng):
-        out, updates = head.apply(
-            {"params": params, "batch_stats": stats},
-            embedding,
-            train=True,
-            rngs={"dropout": rng},
-            mutable=["batch_stats"],
-        )
-        loss = optax.softmax_cross_entropy_with_integer_labels(out["logits"], labels).mean()
-        return loss, updates["batch_stats"]
-
-    @jax.jit
-    def step(params, stats, opt_state, rng):
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, rng)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), stats, opt_state, loss
-
-    params, stats = variables["params"]["head"], variables["batch_stats"]["head"]
-    opt_state = tx.init(params)
-    losses = []
-    for i in range(steps):
-        params, stats, opt_state, loss = step(params, stats, opt_state, jax.random.key(i))
-        losses.append(float(loss))
+    """A few Adam steps on the head over frozen backbone features (tests/head_training.py)."""
+    trained, losses = train_head(model_config, variables, images, labels, IMAGE_SIZE, steps)
     assert losses[-1] < losses[0]  # It did train.
-    trained = jax.tree.map(np.asarray, variables)
-    trained["params"]["head"] = jax.tree.map(np.asarray, params)
-    trained["batch_stats"]["head"] = jax.tree.map(np.asarray, stats)
     return trained
 
 

@@ -24,18 +24,17 @@ import json
 import cv2
 import jax
 import numpy as np
-import optax
 import PIL.Image
 import pytest
+from head_training import train_head
 
 from grefel_jax import checkpoints as ckpt_lib
-from grefel_jax import predict, preprocess
+from grefel_jax import predict
 from grefel_jax.data import classes, samples, synthetic_faces
 from grefel_jax.inference import Predictor, tracking
 from grefel_jax.inference import faces as faces_lib
 from grefel_jax.inference import video as video_lib
 from grefel_jax.models import GReFEL, init_variables, make_model_config
-from grefel_jax.models.heads import GReFELHead
 
 IMAGE_SIZE = 32  # model input
 FACE = 48  # side of the faces in the video
@@ -44,39 +43,8 @@ STEP = 3  # pixels per frame
 
 
 def _train_head(model_config, variables, images, labels, steps=150):
-    """Adam steps on the head over frozen backbone features (cheap to compile)."""
-    model = GReFEL(model_config)
-    batch = np.stack([preprocess.preprocess_eval_image(x, IMAGE_SIZE) for x in images])
-    features = jax.jit(lambda v, x: model.apply(v, x, train=False, features_only=True))
-    embedding = features(variables, batch)["embedding"]
-    head = GReFELHead(model_config.head)
-    tx = optax.adam(1e-2)
-
-    def loss_fn(params, stats, rng):
-        out, updates = head.apply(
-            {"params": params, "batch_stats": stats},
-            embedding,
-            train=True,
-            rngs={"dropout": rng},
-            mutable=["batch_stats"],
-        )
-        loss = optax.softmax_cross_entropy_with_integer_labels(out["logits"], labels).mean()
-        return loss, updates["batch_stats"]
-
-    @jax.jit
-    def step(params, stats, opt_state, rng):
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, rng)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), stats, opt_state, loss
-
-    params, stats = variables["params"]["head"], variables["batch_stats"]["head"]
-    opt_state = tx.init(params)
-    for i in range(steps):
-        params, stats, opt_state, _ = step(params, stats, opt_state, jax.random.key(i))
-    trained = jax.tree.map(np.asarray, variables)
-    trained["params"]["head"] = jax.tree.map(np.asarray, params)
-    trained["batch_stats"]["head"] = jax.tree.map(np.asarray, stats)
-    return trained
+    """Adam steps on the head over frozen backbone features (tests/head_training.py)."""
+    return train_head(model_config, variables, images, labels, IMAGE_SIZE, steps)[0]
 
 
 @pytest.fixture(scope="module")

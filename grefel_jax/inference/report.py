@@ -134,23 +134,44 @@ def image_record(result, class_names: Sequence[str]) -> dict[str, Any]:
     }
 
 
+# The CSV columns of one face, shared by the image and the video CSV (`face_cells`).
+FACE_COLUMNS = (
+    "x",
+    "y",
+    "width",
+    "height",
+    "class",
+    "probability",
+    "corrected_class",
+    "corrected_probability",
+    "confidence",
+    "anchor_confidence",
+    "attention_confidence",
+)
+
+
+def face_cells(face) -> list[Any]:
+    """The `FACE_COLUMNS` cells of one FacePrediction (box in pixels, 6-decimal floats)."""
+    optional = lambda v: "" if v is None else f"{v:.6f}"
+    return [
+        *face.box.as_tuple(),
+        face.label,
+        f"{face.probability:.6f}",
+        face.corrected_label,
+        f"{face.corrected_probability:.6f}",
+        f"{face.confidence:.6f}",
+        optional(face.anchor_confidence),
+        optional(face.attention_confidence),
+    ]
+
+
 def csv_header(class_names: Sequence[str]) -> list[str]:
     """Columns of the CSV: one row per face, or one per image without faces."""
     return [
         "file",
         "status",
         "face",
-        "x",
-        "y",
-        "width",
-        "height",
-        "class",
-        "probability",
-        "corrected_class",
-        "corrected_probability",
-        "confidence",
-        "anchor_confidence",
-        "attention_confidence",
+        *FACE_COLUMNS,
         *(f"p_{name}" for name in class_names),
         "error",
     ]
@@ -170,14 +191,7 @@ def csv_rows(result, class_names: Sequence[str]) -> list[list[Any]]:
                 result.source,
                 "ok",
                 index,
-                *face.box.as_tuple(),
-                face.label,
-                f"{face.probability:.6f}",
-                face.corrected_label,
-                f"{face.corrected_probability:.6f}",
-                f"{face.confidence:.6f}",
-                "" if face.anchor_confidence is None else f"{face.anchor_confidence:.6f}",
-                "" if face.attention_confidence is None else f"{face.attention_confidence:.6f}",
+                *face_cells(face),
                 *(f"{p:.6f}" for p in face.probs),
                 "",
             ]
