@@ -25,14 +25,10 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
+from demo_checkpoint import random_demo_checkpoint
 
-from grefel_jax import checkpoints as ckpt_lib
-from grefel_jax import settings
-from grefel_jax.configs import demo
-from grefel_jax.data import classes
 from grefel_jax.export import exporter, manifest, runtimes
 from grefel_jax.inference.predictor import Predictor, forward
-from grefel_jax.models import init_variables
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("batch_sizes", ["1", "32"], "Batch sizes to time.")
@@ -66,18 +62,14 @@ def _onnx_nodes(path) -> int:
 
 def main(argv):
     del argv
-    config = demo.get_config()
-    model_config = settings.model_config(config, num_classes=len(classes.SYNTHETIC_FACES))
     work = pathlib.Path(tempfile.mkdtemp(prefix="export_speed_"))
-    variables = init_variables(settings.make_model(model_config), jax.random.key(0))
-    record = ckpt_lib.ModelRecord(model_config, class_names=classes.SYNTHETIC_FACES)
-    ckpt_lib.save_inference_checkpoint(work / "checkpoint", variables, record)
+    random_demo_checkpoint(work / "checkpoint")
     result = exporter.export_checkpoint(str(work / "checkpoint"), work / "exported")
     if result.errors:
         raise SystemExit(f"export failed: {result.errors}")
     document = result.manifest
     predictor = Predictor.from_checkpoint(work / "checkpoint", detect=False)
-    size = model_config.backbone.image_size
+    size = predictor.image_size
     runners = {
         fmt: runtimes.load_runtime(
             manifest.artifact_path(work / "exported", document, fmt), fmt, document

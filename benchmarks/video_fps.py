@@ -26,16 +26,12 @@ import jax
 import numpy as np
 import skimage.data
 from absl import app, flags
+from demo_checkpoint import random_demo_checkpoint
 
-from grefel_jax import checkpoints as ckpt_lib
-from grefel_jax import settings
-from grefel_jax.configs import demo
-from grefel_jax.data import classes
 from grefel_jax.inference import video as video_lib
 from grefel_jax.inference import video_predict
 from grefel_jax.inference.predictor import Predictor
 from grefel_jax.inference.tracking import IoUTracker
-from grefel_jax.models import init_variables
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("frames", 96, "Frames in the generated clip.")
@@ -58,12 +54,8 @@ def _write_clip(path: pathlib.Path, frames: int) -> None:
 
 def main(argv):
     del argv
-    config = demo.get_config()
-    model_config = settings.model_config(config, num_classes=len(classes.SYNTHETIC_FACES))
     work = pathlib.Path(tempfile.mkdtemp(prefix="video_fps_"))
-    variables = init_variables(settings.make_model(model_config), jax.random.key(0))
-    record = ckpt_lib.ModelRecord(model_config, class_names=classes.SYNTHETIC_FACES)
-    ckpt_lib.save_inference_checkpoint(work / "checkpoint", variables, record)
+    random_demo_checkpoint(work / "checkpoint")
     predictor = Predictor.from_checkpoint(work / "checkpoint", batch_size=FLAGS.batch_size)
     clip = work / "clip.avi"
     _write_clip(clip, FLAGS.frames)
