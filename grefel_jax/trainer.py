@@ -100,7 +100,10 @@ def build_trainer(config, dataset: DatasetInfo, mesh: jax.sharding.Mesh) -> Trai
     sharding.check_batch_size(config.batch_size, mesh)
     model_config = settings.model_config(config, dataset.num_classes)
     loss_config = settings.loss_config(config)
-    length = settings.run_length(config, dataset.split_sizes[config.data.train_split])
+    from grefel_jax.data import source
+
+    # Per-epoch schedules count the records training reads (a long-tailed subset if set).
+    length = settings.run_length(config, source.train_size(config.data, dataset))
     model = settings.make_model(model_config, settings.compute_dtype(config))
 
     abstract_params = jax.eval_shape(
@@ -126,8 +129,6 @@ def build_trainer(config, dataset: DatasetInfo, mesh: jax.sharding.Mesh) -> Trai
 
     class_weights = None
     if loss_config.class_weighting:
-        from grefel_jax.data import source
-
         class_weights = jnp.asarray(source.class_weights(config.data), jnp.float32)
     step_config = StepConfig(
         total_steps=length.total_steps,

@@ -45,6 +45,17 @@ def get_data_config() -> ml_collections.ConfigDict:
     # confusable pairs (grefel_jax.data.noise.default_pairs).
     c.label_noise.pairs = ()
     c.label_noise.seed = 0
+    # A file of given training labels instead (one per training record, in record order: a
+    # class index or class name per line, or an .npy of ints), e.g. a published noisy-label
+    # file; it replaces the clean labels and `rate`/`kind` are then ignored.
+    c.label_noise.file = ""
+
+    # Class imbalance (robustness experiments): train on a long-tailed subset of the training
+    # split, class c keeping n_max * ratio ** (-c / (C - 1)) records; ratio 1 = the whole split.
+    c.imbalance = ml_collections.ConfigDict()
+    c.imbalance.ratio = 1.0
+    c.imbalance.profile = "exponential"
+    c.imbalance.seed = 0
 
     c.sampler = "none"  # 'none' | 'inverse_frequency'
     c.shuffle_seed = 0

@@ -115,8 +115,90 @@ class LabelNoise:
         return np.asarray([self(i, y) for i, y in zip(indices, labels)], np.int32)
 
 
-def from_config(noise_config, class_names: Sequence[str]) -> LabelNoise:
-    """LabelNoise from `config.data.label_noise` (rate, kind, pairs, seed)."""
+class GivenLabels:
+    """Picklable label function of a label file: record index -> the file's label.
+
+    Args:
+      labels: (N,) int32, one given label per training record in record order.
+      source: the file they came from (for messages and logs).
+    """
+
+    def __init__(self, labels: np.ndarray, source: str = ""):
+        self.labels = np.asarray(labels, np.int32)
+        self.source = source
+
+    def __call__(self, index: int, label: int) -> int:
+        del label  # the file decides
+        return int(self.labels[int(index)])
+
+    def apply(self, indices: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """(N,) int32 given labels of `indices` (the clean `labels` are ignored)."""
+        del labels
+        return self.labels[np.asarray(indices, np.int64)]
+
+
+def read_label_file(path: str, class_names: Sequence[str], num_records: int) -> np.ndarray:
+    """(N,) int32 labels from a text file (a class index or class name per line) or an .npy.
+
+    Raises:
+      ValueError: one line naming `config.data.label_noise.file`, the file and what is wrong.
+    """
+    import os
+
+    where = f"config.data.label_noise.file={path}"
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{where}: no such file.")
+    num_classes = len(class_names)
+    if path.endswith(".npy"):
+        labels = np.load(path, allow_pickle=False).reshape(-1)
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"{where}: expected integer labels, got dtype {labels.dtype}.")
+    else:
+        by_name = {classes.canonical(n): i for i, n in enumerate(class_names)}
+        values = []
+        with open(path) as f:
+            for number, line in enumerate(f, start=1):
+                text = line.strip()
+                if not text:
+                    continue
+                if text.lstrip("-").isdigit():
+                    values.append(int(text))
+                elif classes.canonical(text) in by_name:
+                    values.append(by_name[classes.canonical(text)])
+                else:
+                    raise ValueError(
+                        f"{where}: line {number}: {text!r} is neither a class index nor one "
+                        f"of {list(class_names)}."
+                    )
+        labels = np.asarray(values, np.int64)
+    if len(labels) != num_records:
+        raise ValueError(
+            f"{where}: {len(labels)} labels, but the training split has {num_records} records "
+            "(one label per record, in record order)."
+        )
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise ValueError(
+            f"{where}: label {int(labels[bad[0]])} of record {int(bad[0])} is outside "
+            f"0..{num_classes - 1}."
+        )
+    return labels.astype(np.int32)
+
+
+def from_config(
+    noise_config, class_names: Sequence[str], num_records: int | None = None
+) -> LabelNoise | GivenLabels:
+    """The training-label function of `config.data.label_noise`.
+
+    A `file` (needs `num_records`, the training split's size) gives GivenLabels; otherwise
+    LabelNoise from rate, kind, pairs and seed.
+    """
+    label_file = str(noise_config.get("file", "") or "")
+    if label_file:
+        if num_records is None:
+            raise ValueError("config.data.label_noise.file needs the training split's size.")
+        return GivenLabels(read_label_file(label_file, class_names, num_records), label_file)
     kind = noise_config.kind
     partners = pair_map(class_names, tuple(noise_config.get("pairs", ()) or ()))
     return LabelNoise(

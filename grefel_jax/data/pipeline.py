@@ -76,13 +76,18 @@ class TrainOrder:
         position i draws a class uniformly and a record of that class uniformly, both from a
         hash of (seed, i), instead of walking a permutation.
       sampler: 'none' or 'inverse_frequency'.
+      keep: optional sorted (M,) record indices to draw from instead of all N (a long-tailed
+        subset, `source.train_record_indices`); positions then walk permutations of M.
     """
 
-    def __init__(self, num_records: int, seed: int, labels=None, sampler: str = "none"):
+    def __init__(self, num_records: int, seed: int, labels=None, sampler: str = "none", keep=None):
         if sampler not in ("none", "inverse_frequency"):
             raise ValueError(
                 f"config.data.sampler={sampler!r} must be 'none' or 'inverse_frequency'."
             )
+        self._keep = None if keep is None else np.asarray(keep, np.int64)
+        if self._keep is not None:
+            num_records = len(self._keep)
         if num_records < 1:
             raise ValueError("The training split is empty.")
         self.num_records = int(num_records)
@@ -91,8 +96,9 @@ class TrainOrder:
         self._by_class = None
         if sampler == "inverse_frequency":
             labels = np.asarray(labels)
+            candidates = np.arange(len(labels)) if self._keep is None else self._keep
             self._by_class = [
-                np.flatnonzero(labels == c).astype(np.int64) for c in np.unique(labels)
+                candidates[labels[candidates] == c] for c in np.unique(labels[candidates])
             ]
         self._permutations: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -124,7 +130,8 @@ class TrainOrder:
             members = self._by_class[int(u_class * len(self._by_class))]
             return int(members[int(u_member * len(members))])
         epoch, offset = divmod(int(position), self.num_records)
-        return int(self._permutation(epoch)[offset])
+        index = int(self._permutation(epoch)[offset])
+        return index if self._keep is None else int(self._keep[index])
 
 
 class _HostTrainSource:
@@ -169,7 +176,7 @@ class _TrainMap(grain.transforms.Map):
     do not depend on how the stream is split over processes or workers.
     """
 
-    def __init__(self, image_size: int, aug, label_noise: noise.LabelNoise, seed: int):
+    def __init__(self, image_size: int, aug, label_noise, seed: int):
         self._image_size = image_size
         self._aug = aug
         self._noise = label_noise
@@ -281,8 +288,9 @@ def train_records(
     base = source.data_source(data_config, split)
     sampler = data_config.get("sampler", "none")
     labels = source.split_labels(data_config, split) if sampler == "inverse_frequency" else None
+    keep = source.train_record_indices(data_config)
     the_seed = stream_seed(seed, data_config.shuffle_seed)
-    order = TrainOrder(len(base), the_seed, labels, sampler)
+    order = TrainOrder(len(base), the_seed, labels, sampler, keep=keep)
     host_batch = per_host_batch(global_batch_size)
     records = _HostTrainSource(base, order, global_batch_size, host_batch, jax.process_index())
     return grain.MapDataset.source(records)[int(start_step) * host_batch :], the_seed
@@ -312,7 +320,11 @@ def make_train_iterator(
     records, the_seed = train_records(
         data_config, global_batch_size=global_batch_size, seed=seed, start_step=start_step
     )
-    label_noise = noise.from_config(data_config.label_noise, info.class_names)
+    label_noise = noise.from_config(
+        data_config.label_noise,
+        info.class_names,
+        num_records=info.split_sizes.get(data_config.train_split),
+    )
     dataset = records.map(
         _TrainMap(image_size, frozen_aug(data_config.augment), label_noise, the_seed)
     ).batch(per_host_batch(global_batch_size), drop_remainder=True)

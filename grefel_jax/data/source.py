@@ -151,10 +151,38 @@ def dataset_info(data_config) -> DatasetInfo:
     )
 
 
+def train_record_indices(data_config) -> np.ndarray | None:
+    """Sorted (M,) int64 indices of the training records that training reads; None = all.
+
+    Only `config.data.imbalance.ratio > 1` selects a subset (a long-tailed one,
+    grefel_jax.data.imbalance).
+    """
+    settings = _field(data_config, "imbalance")
+    if settings is None or float(settings.ratio) == 1.0:
+        return None
+    from grefel_jax.data import imbalance
+
+    labels = split_labels(data_config, _field(data_config, "train_split", "train"))
+    return imbalance.long_tail_indices(
+        labels, float(settings.ratio), profile=str(settings.profile), seed=int(settings.seed)
+    )
+
+
+def train_size(data_config, info: DatasetInfo) -> int:
+    """Records per training epoch: the training split, or its long-tailed subset."""
+    kept = train_record_indices(data_config)
+    return info.split_sizes[data_config.train_split] if kept is None else len(kept)
+
+
 def class_counts(data_config, split: str) -> np.ndarray:
-    """(C,) int64 examples per class in `split`."""
+    """(C,) int64 examples per class in `split` (the long-tailed subset for the train split)."""
     num_classes = dataset_info(data_config).num_classes
-    return np.bincount(split_labels(data_config, split), minlength=num_classes)
+    labels = split_labels(data_config, split)
+    if split == _field(data_config, "train_split", "train"):
+        indices = train_record_indices(data_config)
+        if indices is not None:
+            labels = labels[indices]
+    return np.bincount(labels, minlength=num_classes)
 
 
 def class_weights(data_config, split: str | None = None) -> np.ndarray:
