@@ -31,7 +31,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     """
     try:
         remaining = flags.FLAGS(list(argv))
-        if "config" in flags.FLAGS:
+        if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
             # A config file that failed to load raises on first use, not while parsing.
             flags.FLAGS.config.keys()
         return remaining
