@@ -13,7 +13,8 @@ No photo is downloaded; every one ships inside an installed wheel:
 - Composite "group" scenes, 1920x1080 (plainly composites: no packaged group photo exists):
   the three faces above with their surroundings, feathered into face-free packaged photos,
   6 per scene (one per cell of a 3x2 grid) at face widths 24-200 px, in-plane rotation
-  -35..35 degrees, brightness x0.35 to x1.4, mirrored at random; the true box is the hand-checked box scaled and moved with
+  -35..35 degrees, brightness x0.35 to x1.4, mirrored at random; the true box is the
+  hand-checked box scaled and moved with
   the face. Out-of-plane turns come only from the real profile (camera.png).
 - Face-free photos (every box is a false positive): scikit-image's coffee, chelsea (a cat),
   rocket, horse, hubble_deep_field, retina, brick, grass, gravel, coins, page, text,
