@@ -43,7 +43,7 @@ from PIL import Image
 from grefel_jax.inference import faces
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("scenes", 10, "Composite 1920x1080 scenes.")
+flags.DEFINE_integer("scenes", 6, "Composite 1920x1080 scenes (the README table: 6).")
 flags.DEFINE_integer("faces_per_scene", 6, "Faces pasted into each scene.")
 flags.DEFINE_float("iou", 0.4, "Smallest IoU of a hit.")
 flags.DEFINE_integer("seed", 0, "Seed of the composites.")
