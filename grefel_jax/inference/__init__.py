@@ -15,6 +15,8 @@ import importlib
 _LAZY = {
     "FaceBox": "faces",
     "FaceDetector": "faces",
+    "SsdDetector": "faces",
+    "make_detector": "faces",
     "crop": "faces",
     "crop_box": "faces",
     "ImageReadError": "images",

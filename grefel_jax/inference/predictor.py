@@ -71,7 +71,8 @@ class Predictor:
       class_names: C names in the model's label order.
       detect: run the face detector (False: every image is already a face crop and goes to
         the preprocessing whole, exactly as in the evaluation pipeline).
-      detector: the FaceDetector (default: `FaceDetector()`).
+      detector: anything with `detect(image) -> [FaceBox]` (default: `faces.make_detector()`,
+        the SSD CNN; `faces.FaceDetector()` is the Haar cascade).
       margin: context around a detected box, as a fraction of its side.
       batch_size: faces per forward pass. Batches are padded to this size so one compilation
         serves every call, except for heads with ARBEx batch attention
@@ -98,7 +99,7 @@ class Predictor:
         class_names: Sequence[str],
         *,
         detect: bool = True,
-        detector: faces_lib.FaceDetector | None = None,
+        detector: Any = None,
         margin: float = 0.2,
         batch_size: int = 32,
         compute_dtype: Any = jnp.float32,
@@ -127,7 +128,7 @@ class Predictor:
         self.model_config = model_config
         self.class_names = tuple(class_names)
         self.detect = detect
-        self.detector = detector or faces_lib.FaceDetector()
+        self.detector = detector or faces_lib.make_detector()
         self.margin = float(margin)
         self.batch_size = int(batch_size)
         self.metadata = dict(metadata or {})
@@ -146,7 +147,7 @@ class Predictor:
         self.template = _resolve_template(template, self.metadata.get("dataset"))
         self._warn = warn or (lambda m: warnings.warn(m, align_lib.AlignmentWarning, 3))
         if detect:
-            self.detector._classifier()  # Fail now, not on the first image.
+            faces_lib.load_detector(self.detector)  # Fail now, not on the first image.
 
     @property
     def model(self) -> GReFEL:
