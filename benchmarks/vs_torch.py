@@ -1,0 +1,239 @@
+r"""grefel_jax against the PyTorch POSTER++ module on the same machine, in one process.
+
+  python benchmarks/vs_torch.py --variant paper --batch_size 32 --reps 3 \
+      --output benchmarks/results/vs_torch.json
+  python benchmarks/vs_torch.py --smoke      # tiny model, batch 2, one rep: a few seconds
+
+Both sides run the same sizes (`tests/torch_reference/poster.py`, the official state_dict
+layout) on random NHWC/NCHW images. Timed, alternating A B A B after one excluded warm-up
+each (the JAX warm-up includes compilation):
+  - inference: `model(x)` in eval mode / the jitted `apply(train=False)`;
+  - one Adam train step, same head (`poster`) and loss (cross-entropy), same batch;
+  - ours only: the GReFEL head with its losses, with Adam and with SAM (`build_trainer`).
+Both sides use every core: `torch.set_num_threads(os.cpu_count())`; XLA:CPU's thread pool is
+sized to the machine's cores by default. Medians and min-max are reported with
+/proc/pressure/cpu before and after. The last line is `speedup_infer=<x> speedup_train=<x>`
+(PyTorch seconds over ours: > 1 means grefel_jax is faster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from grefel_jax import sharding
+from grefel_jax.configs import base
+from grefel_jax.data.source import DatasetInfo
+from grefel_jax.trainer import build_trainer
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("variant", "paper", "Model variant (both sides use its sizes).")
+flags.DEFINE_integer("batch_size", 32, "Batch size of every timed call.")
+flags.DEFINE_integer("reps", 3, "Timed repetitions per measurement (after one warm-up).")
+flags.DEFINE_bool("smoke", False, "Tiny model, batch 2, 1 rep, no SAM: checks the script.")
+flags.DEFINE_bool("grefel", True, "Also time our GReFEL head (Adam and SAM train steps).")
+flags.DEFINE_string("output", "benchmarks/results/vs_torch.json", "JSON output path.")
+
+NUM_CLASSES = 7
+
+
+def cpu_pressure() -> str:
+    """The `some` line of /proc/pressure/cpu, or '' where the kernel has none."""
+    try:
+        return pathlib.Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return ""
+
+
+def cpu_name() -> str:
+    """The CPU model name from /proc/cpuinfo (what `lscpu` prints), or the platform string."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def summary(times: list[float]) -> dict:
+    """Median, min and max of per-call seconds."""
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+
+
+def random_dataset(num_classes: int, batch_size: int) -> DatasetInfo:
+    """A stand-in DatasetInfo for random inputs (as benchmarks/train_step.py)."""
+    names = tuple(f"class_{i}" for i in range(num_classes))
+    return DatasetInfo("random", None, num_classes, names, {"train": 1000 * batch_size}, False)
+
+
+def jax_trainer(variant: str, head: str, sam: bool, batch: int):
+    """(step, state, batch) of our jitted train step (Adam, or SAM when asked)."""
+    config = base.get_base_config()
+    config.model.variant = variant
+    config.model.head_preset = head
+    config.optim.sam = sam
+    config.mesh.data, config.mesh.fsdp = -1, 1
+    config.batch_size = batch
+    config.num_train_steps = 1000
+    config.loss.class_weighting = False
+    mesh = sharding.make_mesh(config.mesh)
+    trainer = build_trainer(config, random_dataset(NUM_CLASSES, batch), mesh)
+    state = trainer.init_state(jax.random.key(0))
+    size = trainer.model_config.backbone.image_size
+    rng = np.random.default_rng(0)
+    data = sharding.host_local_to_global(
+        {
+            "image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+            "label": rng.integers(0, NUM_CLASSES, size=batch).astype(np.int32),
+        },
+        mesh,
+    )
+    return trainer, state, data
+
+
+def main(argv):
+    del argv
+    import torch
+    import torch_reference as ref
+
+    from grefel_jax.models import GReFEL, make_model_config
+
+    variant = "tiny" if FLAGS.smoke else FLAGS.variant
+    batch = 2 if FLAGS.smoke else FLAGS.batch_size
+    reps = 1 if FLAGS.smoke else FLAGS.reps
+    if batch < 1 or reps < 1:
+        raise app.UsageError("--batch_size and --reps must be >= 1")
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    pressure_before = cpu_pressure()
+
+    # Ours, `poster` head + CE: inference and the Adam train step.
+    trainer, state, data = jax_trainer(variant, "poster", False, batch)
+    model_config = make_model_config(variant, "poster", NUM_CLASSES)
+    model = GReFEL(model_config)
+    variables = trainer_variables(state)
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False)["logits"])
+    images = data["image"]
+    size = model_config.backbone.image_size
+
+    def jax_infer():
+        jax.block_until_ready(apply(variables, images))
+
+    holder = {"state": state}
+
+    def jax_train():
+        holder["state"], metrics = trainer.step(holder["state"], data)
+        jax.block_until_ready(metrics)
+
+    # Theirs: the same sizes, eval-mode inference and an Adam step on CE.
+    torch.manual_seed(0)
+    tmodel = ref.PosterV2(NUM_CLASSES, **ref.sizes_from_backbone_config(model_config.backbone))
+    topt = torch.optim.Adam(tmodel.parameters(), lr=3.5e-5)
+    rng = np.random.default_rng(0)
+    timages = torch.from_numpy(rng.normal(size=(batch, 3, size, size)).astype(np.float32))
+    tlabels = torch.from_numpy(rng.integers(0, NUM_CLASSES, size=batch))
+
+    def torch_infer():
+        tmodel.eval()
+        with torch.no_grad():
+            tmodel(timages)
+
+    def torch_train():
+        tmodel.train()
+        topt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(tmodel(timages), tlabels)
+        loss.backward()
+        topt.step()
+
+    results = {}
+    for name, pair in {
+        "infer": (torch_infer, jax_infer),
+        "train_adam_ce": (torch_train, jax_train),
+    }.items():
+        times = {"torch": [], "jax": []}
+        start = time.perf_counter()
+        pair[1]()  # warm-up (and compile) excluded
+        compile_s = time.perf_counter() - start
+        pair[0]()
+        for _ in range(reps):  # A B A B
+            for side, fn in zip(("torch", "jax"), pair):
+                start = time.perf_counter()
+                fn()
+                times[side].append(time.perf_counter() - start)
+        results[name] = {side: summary(t) for side, t in times.items()}
+        results[name]["jax_compile_and_first_s"] = compile_s
+        results[name]["speedup"] = (
+            results[name]["torch"]["median_s"] / results[name]["jax"]["median_s"]
+        )
+        print(
+            f"{name}: torch {results[name]['torch']['median_s']:.3f} s, "
+            f"jax {results[name]['jax']['median_s']:.3f} s, "
+            f"speedup {results[name]['speedup']:.2f}x",
+            flush=True,
+        )
+
+    if FLAGS.grefel:  # ours only: the GReFEL head and losses, Adam and SAM.
+        for sam in (False,) if FLAGS.smoke else (False, True):
+            tr, st, d = jax_trainer(variant, "grefel", sam, batch)
+            st, m = tr.step(st, d)
+            jax.block_until_ready(m)
+            times = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                st, m = tr.step(st, d)
+                jax.block_until_ready(m)
+                times.append(time.perf_counter() - start)
+            key = "train_grefel_sam" if sam else "train_grefel_adam"
+            results[key] = {"jax": summary(times)}
+            print(f"{key}: jax {results[key]['jax']['median_s']:.3f} s", flush=True)
+
+    report = {
+        "benchmark": "vs_torch",
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "cpu": cpu_name(),
+        "cores": cores,
+        "torch_threads": torch.get_num_threads(),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "variant": variant,
+        "batch_size": batch,
+        "image_size": size,
+        "reps": reps,
+        "pressure_before": pressure_before,
+        "pressure_after": cpu_pressure(),
+        "results": results,
+    }
+    path = pathlib.Path(FLAGS.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(f"Wrote {path}")
+    print(
+        f"speedup_infer={results['infer']['speedup']:.3f} "
+        f"speedup_train={results['train_adam_ce']['speedup']:.3f}"
+    )
+
+
+def trainer_variables(state) -> dict:
+    """The model variables (params, plus batch_stats when the state has them) of `state`."""
+    variables = {"params": state.params}
+    stats = getattr(state, "batch_stats", None)
+    if stats is not None:
+        variables["batch_stats"] = stats
+    return variables
+
+
+if __name__ == "__main__":
+    app.run(main)
