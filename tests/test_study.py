@@ -90,6 +90,8 @@ def _study_config(data_config):
     config.data = data_config
     config.model.variant = "tiny"
     config.model.backbone.image_size = 32
+    config.model.backbone.ir_units = (1, 1, 1)  # a backbone that compiles in seconds
+    config.model.backbone.vit_depth = 1
     config.optim.sam = False
     config.batch_size = config.eval_batch_size = 8
     config.log_every_steps = 1
