@@ -104,6 +104,12 @@ def main(argv):
         # Runs of one head compile the same programs: compile once per head.
         jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
     try:
+        if config.data.label_noise.get("file"):
+            # Every run sets its own labels (a rate or one of --label_files).
+            raise ValueError(
+                "--config.data.label_noise.file: a study sets each run's labels itself; pass "
+                "label files with --label_files instead."
+            )
         specs = build_grid(kind, FLAGS.preset)
         logging.info("study %s/%s: %d runs into %s.", kind, FLAGS.preset, len(specs), workdir)
         rows = runner.run_study(
