@@ -99,15 +99,11 @@ def head_outputs(checkpoint: str, config, split: str, batch_size: int) -> dict[s
 
 def given_labels(config, split: str, record_keys: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(N,) the labels training saw: the run's noise / label file on its training split."""
-    from grefel_jax.data import noise, source
+    from grefel_jax.data import pipeline
 
     if split != config.data.train_split:
         return labels
-    info = source.dataset_info(config.data)
-    fn = noise.from_config(
-        config.data.label_noise, info.class_names, num_records=info.split_sizes[split]
-    )
-    return fn.apply(record_keys, labels)
+    return pipeline.training_labels(config.data).apply(record_keys, labels)
 
 
 def contact_sheet(path: Path, config, split: str, rows: list[dict], class_names) -> None:

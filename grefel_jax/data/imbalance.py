@@ -2,7 +2,8 @@
 
 The exponential profile of the long-tailed recognition literature (CIFAR-LT, Cui et al. 2019):
 class c, ranked by its index, keeps `n_c = n_max * ratio ** (-c / (C - 1))` of its records,
-so class 0 keeps all of them and class C - 1 keeps `n_max / ratio`. Which records a class keeps
+n_max being the smallest class count, so class 0 keeps n_max and class C - 1 keeps
+`n_max / ratio`. Which records a class keeps
 is a seeded draw, the same on every host and in every resumed run (docs/robustness.md).
 """
 

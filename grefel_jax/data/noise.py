@@ -120,12 +120,10 @@ class GivenLabels:
 
     Args:
       labels: (N,) int32, one given label per training record in record order.
-      source: the file they came from (for messages and logs).
     """
 
-    def __init__(self, labels: np.ndarray, source: str = ""):
+    def __init__(self, labels: np.ndarray):
         self.labels = np.asarray(labels, np.int32)
-        self.source = source
 
     def __call__(self, index: int, label: int) -> int:
         del label  # the file decides
@@ -198,7 +196,7 @@ def from_config(
     if label_file:
         if num_records is None:
             raise ValueError("config.data.label_noise.file needs the training split's size.")
-        return GivenLabels(read_label_file(label_file, class_names, num_records), label_file)
+        return GivenLabels(read_label_file(label_file, class_names, num_records))
     kind = noise_config.kind
     partners = pair_map(class_names, tuple(noise_config.get("pairs", ()) or ()))
     return LabelNoise(

@@ -296,6 +296,17 @@ def train_records(
     return grain.MapDataset.source(records)[int(start_step) * host_batch :], the_seed
 
 
+def training_labels(data_config):
+    """The function `(record index, clean label) -> training label` of `config.data.label_noise`
+    (seeded noise, or a label file checked against the training split's size)."""
+    info = dataset_info(data_config)
+    return noise.from_config(
+        data_config.label_noise,
+        info.class_names,
+        num_records=info.split_sizes.get(data_config.train_split),
+    )
+
+
 def make_train_iterator(
     data_config, *, image_size: int, global_batch_size: int, seed: int, start_step: int = 0
 ):
@@ -316,15 +327,10 @@ def make_train_iterator(
     Raises:
       DatasetNotPreparedError: with the command that prepares the dataset.
     """
-    info = dataset_info(data_config)
     records, the_seed = train_records(
         data_config, global_batch_size=global_batch_size, seed=seed, start_step=start_step
     )
-    label_noise = noise.from_config(
-        data_config.label_noise,
-        info.class_names,
-        num_records=info.split_sizes.get(data_config.train_split),
-    )
+    label_noise = training_labels(data_config)
     dataset = records.map(
         _TrainMap(image_size, frozen_aug(data_config.augment), label_noise, the_seed)
     ).batch(per_host_batch(global_batch_size), drop_remainder=True)

@@ -45,21 +45,25 @@ BALANCING: dict[str, dict[str, Any]] = {
 }
 
 # steps=None: the config's own run length (num_train_steps / num_epochs).
+_NOISE_DEFAULT = dict(
+    rates=(0.0, 0.1, 0.2, 0.3),
+    heads=("poster", "grefel_k1", "grefel_k5", "grefel_k10", "arbex_code"),
+    seeds=(0, 1, 2),
+    steps=800,
+)
+_IMBALANCE_DEFAULT = dict(
+    ratios=(1.0, 10.0, 50.0),
+    balancing=("none", "sampler", "class_weights"),
+    heads=("poster", "grefel_k10"),
+    seeds=(0, 1, 2),
+    steps=800,
+)
+# `full` is the `default` grid at the config's own length (steps=None).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "noise": {
         "smoke": dict(rates=(0.0, 0.3), heads=("poster", "grefel_k10"), seeds=(0,), steps=600),
-        "default": dict(
-            rates=(0.0, 0.1, 0.2, 0.3),
-            heads=("poster", "grefel_k1", "grefel_k5", "grefel_k10", "arbex_code"),
-            seeds=(0, 1, 2),
-            steps=800,
-        ),
-        "full": dict(
-            rates=(0.0, 0.1, 0.2, 0.3),
-            heads=("poster", "grefel_k1", "grefel_k5", "grefel_k10", "arbex_code"),
-            seeds=(0, 1, 2),
-            steps=None,
-        ),
+        "default": _NOISE_DEFAULT,
+        "full": {**_NOISE_DEFAULT, "steps": None},
     },
     "imbalance": {
         "smoke": dict(
@@ -69,20 +73,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             seeds=(0,),
             steps=600,
         ),
-        "default": dict(
-            ratios=(1.0, 10.0, 50.0),
-            balancing=("none", "sampler", "class_weights"),
-            heads=("poster", "grefel_k10"),
-            seeds=(0, 1, 2),
-            steps=800,
-        ),
-        "full": dict(
-            ratios=(1.0, 10.0, 50.0),
-            balancing=("none", "sampler", "class_weights"),
-            heads=("poster", "grefel_k10"),
-            seeds=(0, 1, 2),
-            steps=None,
-        ),
+        "default": _IMBALANCE_DEFAULT,
+        "full": {**_IMBALANCE_DEFAULT, "steps": None},
     },
 }
 

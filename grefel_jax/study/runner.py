@@ -45,16 +45,13 @@ def apply_overrides(config, overrides: dict[str, Any]):
 def realised_flip_fraction(data_config) -> float:
     """Fraction of the training records (of the subset trained on) whose label differs from
     the clean one under the run's `config.data.label_noise`."""
-    from grefel_jax.data import noise, source
+    from grefel_jax.data import pipeline, source
 
-    split = data_config.train_split
-    labels = source.split_labels(data_config, split)
+    labels = source.split_labels(data_config, data_config.train_split)
     indices = source.train_record_indices(data_config)
     if indices is None:
         indices = np.arange(len(labels))
-    info = source.dataset_info(data_config)
-    fn = noise.from_config(data_config.label_noise, info.class_names, num_records=len(labels))
-    given = fn.apply(indices, labels[indices])
+    given = pipeline.training_labels(data_config).apply(indices, labels[indices])
     return float(np.mean(given != labels[indices]))
 
 
