@@ -3,8 +3,10 @@
   L = λ_ce L_cls(q_final) + τ (λ_anchor L_a + λ_center L_c)      (GReFEL head)
   L = L_cls(log_softmax(logits))                                  (POSTER++ head)
 
-with q_final = (1 - τ) p + τ q_corr and τ the trust ramp (reliability.trust_ramp). Every log
-and sqrt is guarded, so no NaN or inf reaches a gradient. `LossConfig` holds the settings;
+with τ the trust ramp (reliability.trust_ramp) and q_final = (1 - τ_cls) p + τ_cls q_corr,
+where τ_cls = τ by default (`loss.trust='ramp'`) or a constant 0 / 1 for the 'none' / 'full'
+ablations; the auxiliary losses keep the ramp τ in every case. Every log and sqrt is guarded,
+so no NaN or inf reaches a gradient. `LossConfig` holds the settings;
 `LOSS_PRESETS` the ones that go with each head preset.
 """
 
@@ -36,6 +38,11 @@ class LossConfig:
       detach_center_confidence: stop the gradient through c_p in the center loss (the
         official code does not; docs/numerics.md measures why GReFEL's default does).
       class_weighting: inverse-frequency class weights in L_cls (ARBEx).
+      trust: the trust τ_cls in q_final = (1 - τ_cls) p + τ_cls q_corr: 'ramp' (GReFEL /
+        ARBEx: the trust ramp step / total_steps), 'none' (τ_cls = 0: L_cls sees only p) or
+        'full' (τ_cls = 1 from step 0: L_cls sees only q_corr). 'none' and 'full' are
+        ablations (docs/robustness.md); the auxiliary losses are weighted by the ramp under
+        all three, so this field changes only what the classification loss sees.
     """
 
     lambda_ce: float = 1.0
@@ -46,6 +53,7 @@ class LossConfig:
     anchor_margin: float = 1.0
     detach_center_confidence: bool = True
     class_weighting: bool = True
+    trust: Literal["ramp", "none", "full"] = "ramp"
 
     def __post_init__(self):
         if self.anchor_loss_form not in ("official", "margin"):
@@ -54,6 +62,10 @@ class LossConfig:
             )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"loss.label_smoothing={self.label_smoothing} must be in [0, 1).")
+        if self.trust not in reliability.TRUST_SCHEDULES:
+            raise ValueError(
+                f"loss.trust={self.trust!r}: expected one of {reliability.TRUST_SCHEDULES}."
+            )
         for name in ("lambda_ce", "lambda_anchor", "lambda_center", "anchor_margin"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name}={getattr(self, name)} must be >= 0.")
@@ -232,7 +244,8 @@ def total_loss(
     """Training loss of either head from its output dict.
 
     GReFEL head: L = λ_ce L_cls(q_final) + τ (λ_anchor L_a + λ_center L_c), q_final =
-    apply_trust(probs, corrected_probs, τ), L_cls = weighted_cross_entropy of safe_log(q_final).
+    apply_trust(probs, corrected_probs, τ_cls) with τ_cls = scheduled_trust(config.trust, τ),
+    L_cls = weighted_cross_entropy of safe_log(q_final).
     POSTER++ head: L = λ_ce L_cls(log_softmax(logits)) (the head temperature is not applied,
     as in POSTER++'s nn.CrossEntropyLoss on logits).
 
@@ -247,11 +260,13 @@ def total_loss(
 
     Returns:
       (loss () float32, metrics) with metrics 'loss', 'loss_cls', 'loss_anchor', 'loss_center'
-      (each component unweighted; 0 for the POSTER++ head) and 'tau'.
+      (each component unweighted; 0 for the POSTER++ head), 'tau' (the ramp) and 'trust'
+      (τ_cls, the trust in q_final; = tau under the default 'ramp').
     """
     if head_kind not in ("grefel", "poster"):
         raise ValueError(f"total_loss: head_kind={head_kind!r}; expected 'grefel' or 'poster'.")
     tau = jnp.asarray(tau, jnp.float32)
+    trust = reliability.scheduled_trust(config.trust, tau)
     ce_kwargs = dict(class_weights=class_weights, label_smoothing=config.label_smoothing, mask=mask)
     if head_kind == "poster":
         log_probs = jax.nn.log_softmax(jnp.asarray(outputs["logits"], jnp.float32), axis=-1)
@@ -260,7 +275,7 @@ def total_loss(
         loss_center = jnp.zeros((), jnp.float32)
         loss = config.lambda_ce * loss_cls
     else:
-        q_final = reliability.apply_trust(outputs["probs"], outputs["corrected_probs"], tau)
+        q_final = reliability.apply_trust(outputs["probs"], outputs["corrected_probs"], trust)
         loss_cls = weighted_cross_entropy(safe_log(q_final), labels, **ce_kwargs)
         loss_anchor = anchor_loss(outputs["anchors"], config.anchor_loss_form, config.anchor_margin)
         loss_center = center_loss(
@@ -280,5 +295,6 @@ def total_loss(
         "loss_anchor": loss_anchor,
         "loss_center": loss_center,
         "tau": tau,
+        "trust": trust,
     }
     return loss, metrics

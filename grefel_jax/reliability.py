@@ -13,9 +13,14 @@ Pipeline for one batch (B samples, C classes, K anchors per class, d embedding d
   dist   = anchor_distances(e, anchors)                                                (B, C, K)
   g      = anchor_similarity(dist, delta); c_g = confidence(g)                         (B, C)
   m      = attention distribution;        c_m = confidence(m)                          (B, C)
-  r      = combine_corrections(g, c_g, m, c_m)                                         (B, C)
+  r      = select_correction(kind, g, c_g, m, c_m)                                     (B, C)
+           ('both': combine_corrections(g, c_g, m, c_m); 'anchors': g; 'attention': m)
   q_corr = balance(p, c_p, r)                                                          (B, C)
-  q_fin  = apply_trust(p, q_corr, trust_ramp(step, total_steps))                       (B, C)
+  τ      = scheduled_trust(schedule, trust_ramp(step, total_steps))  ('ramp'; 'none' 0; 'full' 1)
+  q_fin  = apply_trust(p, q_corr, τ)                                                   (B, C)
+
+The correction kind (`model.head.correction`) and the trust schedule (`loss.trust`) exist for
+ablations (docs/robustness.md); the defaults 'both' and 'ramp' are GReFEL / ARBEx.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ DISTANCE_EPS = 1e-12
 # Added (split evenly) to the two correction weights so that r stays a distribution when both
 # confidences are 0 (then r = (g + m) / 2).
 COMBINE_EPS = 1e-8
+
+# Which correction r enters q_corr (HeadConfig.correction); 'both' is the method.
+CORRECTIONS = ("both", "anchors", "attention")
+# Trust schedules τ of q_final (LossConfig.trust); 'ramp' is the method.
+TRUST_SCHEDULES = ("ramp", "none", "full")
 
 
 def normalized_entropy_confidence(probs: jax.Array, eps: float = ENTROPY_EPS) -> jax.Array:
@@ -128,6 +138,38 @@ def combine_corrections(
     return (w_g * anchor_probs + w_m * attn_probs) / (w_g + w_m)
 
 
+def select_correction(
+    kind: str,
+    anchor_probs: jax.Array,
+    anchor_conf: jax.Array,
+    attn_probs: jax.Array,
+    attn_conf: jax.Array,
+) -> jax.Array:
+    """The correction r that enters `balance`: both corrections combined, or one of them.
+
+    'both' is `combine_corrections` (the method); 'anchors' (r = g) and 'attention' (r = m)
+    are ablations. The unused correction is still computed by the head, so the parameters
+    are the same for every kind.
+
+    Args:
+      kind: one of CORRECTIONS ('both', 'anchors', 'attention').
+      anchor_probs: (B, C) geometric correction g.
+      anchor_conf: (B,) its confidence c_g.
+      attn_probs: (B, C) attentive correction m.
+      attn_conf: (B,) its confidence c_m.
+
+    Returns:
+      (B, C) float correction distribution r.
+    """
+    if kind == "both":
+        return combine_corrections(anchor_probs, anchor_conf, attn_probs, attn_conf)
+    if kind == "anchors":
+        return anchor_probs
+    if kind == "attention":
+        return attn_probs
+    raise ValueError(f"select_correction: kind={kind!r}; expected one of {CORRECTIONS}.")
+
+
 def balance(primary_probs: jax.Array, primary_conf: jax.Array, correction: jax.Array) -> jax.Array:
     """Confidence-balanced correction q_corr = c_p p + (1 - c_p) r.
 
@@ -159,6 +201,27 @@ def trust_ramp(step: int | jax.Array, total_steps: int | jax.Array) -> jax.Array
         raise ValueError(f"trust_ramp: total_steps={total_steps} must be > 0.")
     tau = jnp.asarray(step, jnp.float32) / jnp.maximum(jnp.asarray(total_steps, jnp.float32), 1.0)
     return jnp.clip(tau, 0.0, 1.0)
+
+
+def scheduled_trust(schedule: str, ramp: float | jax.Array) -> jax.Array:
+    """The trust τ of q_final under a schedule: the ramp, or a constant for ablations.
+
+    Args:
+      schedule: one of TRUST_SCHEDULES: 'ramp' (τ = `ramp`, the method), 'none' (τ = 0:
+        q_final = p) or 'full' (τ = 1 from step 0: q_final = q_corr).
+      ramp: () the trust ramp's value at this step (`trust_ramp(step, total_steps)`).
+
+    Returns:
+      () float32 τ in [0, 1].
+    """
+    ramp = jnp.asarray(ramp, jnp.float32)
+    if schedule == "ramp":
+        return ramp
+    if schedule == "none":
+        return jnp.zeros_like(ramp)
+    if schedule == "full":
+        return jnp.ones_like(ramp)
+    raise ValueError(f"scheduled_trust: schedule={schedule!r}; expected one of {TRUST_SCHEDULES}.")
 
 
 def apply_trust(

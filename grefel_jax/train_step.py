@@ -83,7 +83,7 @@ def train_step(
       config: the StepConfig.
 
     Returns:
-      (new state, metrics): `loss`, `loss_cls`, `loss_anchor`, `loss_center`, `tau`,
+      (new state, metrics): `loss`, `loss_cls`, `loss_anchor`, `loss_center`, `tau`, `trust`,
       `accuracy` (primary prediction vs the training label), `grad_norm`. The dropout key of
       step t is fold_in(state.rng, t): a resumed run draws the same masks, and the masks do
       not depend on how the batch is sharded.

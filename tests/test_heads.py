@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from grefel_jax import losses
+from grefel_jax import losses, reliability
 from grefel_jax.convert import arbex_names
 from grefel_jax.models import heads
 from grefel_jax.models.config import HEAD_PRESETS, HeadConfig
@@ -44,10 +44,13 @@ def _embeddings(seed=0, batch=B, dim=D):
     return jax.random.normal(jax.random.key(seed), (batch, dim), jnp.float32)
 
 
+def _init_fn(module):
+    return lambda x: module.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, x)
+
+
 def _init(module, x):
     # jit: one compilation instead of op-by-op dispatch keeps these tests fast.
-    init = lambda x: module.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, x)
-    return jax.jit(init)(x)
+    return jax.jit(_init_fn(module))(x)
 
 
 def _jit_apply(module, train=False, **kwargs):
@@ -94,6 +97,38 @@ def test_grefel_head_outputs():
         updates["batch_stats"]["classifier"]["bn0"]["mean"],
         variables["batch_stats"]["classifier"]["bn0"]["mean"],
     )
+
+
+def test_grefel_head_correction_ablations():
+    """model.head.correction: same parameters for every value; q_corr leans on g, m or both."""
+    x = _embeddings(4)
+    configs = {k: dataclasses.replace(TINY, correction=k) for k in ("both", "anchors", "attention")}
+    modules = {k: heads.GReFELHead(cfg) for k, cfg in configs.items()}
+    shapes = {
+        k: jax.tree.map(lambda a: (a.shape, a.dtype), jax.eval_shape(_init_fn(m), x))
+        for k, m in modules.items()
+    }
+    assert shapes["anchors"] == shapes["both"] == shapes["attention"]
+    variables = _init(modules["both"], x)
+    # One compilation for all three heads (a jit per config would compile three times).
+    outs = jax.jit(lambda v, x: {k: m.apply(v, x, False) for k, m in modules.items()})(variables, x)
+    both, anchors, attention = outs["both"], outs["anchors"], outs["attention"]
+    for key in GREFEL_KEYS - {"corrected_probs"}:  # everything else is untouched
+        np.testing.assert_array_equal(anchors[key], both[key], err_msg=key)
+        np.testing.assert_array_equal(attention[key], both[key], err_msg=key)
+    p, c_p = both["probs"], both["confidence"]
+    g, c_g = both["anchor_probs"], both["anchor_confidence"]
+    m, c_m = both["attention_probs"], both["attention_confidence"]
+    tol = dict(rtol=1e-6, atol=1e-7)  # float32 rounding of a fused vs an eager expression
+    np.testing.assert_allclose(anchors["corrected_probs"], reliability.balance(p, c_p, g), **tol)
+    np.testing.assert_allclose(attention["corrected_probs"], reliability.balance(p, c_p, m), **tol)
+    r = reliability.combine_corrections(g, c_g, m, c_m)
+    np.testing.assert_allclose(both["corrected_probs"], reliability.balance(p, c_p, r), **tol)
+    # The three corrected distributions differ: the switch is not a no-op.
+    for other in (anchors, attention):
+        assert np.abs(other["corrected_probs"] - both["corrected_probs"]).max() > 1e-4
+    with pytest.raises(ValueError, match=r"^model\.head\.correction='anchor': expected one of"):
+        dataclasses.replace(TINY, correction="anchor")
 
 
 def test_poster_head_outputs():
@@ -353,7 +388,7 @@ def test_jit_grad_total_loss_through_grefel_head():
 
     (loss, (metrics, _)), grads = step(variables["params"], jnp.float32(0.5))
     assert np.isfinite(float(loss))
-    assert set(metrics) == {"loss", "loss_cls", "loss_anchor", "loss_center", "tau"}
+    assert set(metrics) == {"loss", "loss_cls", "loss_anchor", "loss_center", "tau", "trust"}
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         assert np.all(np.isfinite(np.asarray(g))), path
     for name in ("reduction", "classifier", "anchors", "attention"):

@@ -257,6 +257,43 @@ def test_total_loss_grefel_matches_formula(batch):
     )
 
 
+@pytest.mark.parametrize("tau", [0.0, 0.4, 1.0])
+def test_total_loss_trust_schedules(batch, tau):
+    """loss.trust: 'none' = CE of p, 'full' = CE of q_corr at any step; aux losses keep τ."""
+    rng = np.random.default_rng(3)
+    p, q_corr = batch["q"], _softmax(rng.normal(size=(B, C)))
+    outputs = {
+        "logits": f32(np.log(p)),
+        "probs": f32(p),
+        "confidence": f32(batch["conf"]),
+        "corrected_probs": f32(q_corr),
+        "head_embedding": f32(batch["e"]),
+        "anchors": f32(batch["a"]),
+    }
+    aux = _np_anchor_official(batch["a"]) + _np_center(
+        batch["e"], batch["a"], batch["y"], batch["conf"]
+    )
+    cases = {"ramp": ((1 - tau) * p + tau * q_corr, tau), "none": (p, 0.0), "full": (q_corr, 1.0)}
+    for trust, (q_final, trust_value) in cases.items():
+        config = losses.LossConfig(anchor_loss_form="official", trust=trust)
+        loss, metrics = losses.total_loss(outputs, jnp.asarray(batch["y"]), tau=tau, config=config)
+        l_cls = _np_wce(q_final, batch["y"])
+        np.testing.assert_allclose(metrics["loss_cls"], l_cls, rtol=1e-5, err_msg=trust)
+        np.testing.assert_allclose(loss, l_cls + tau * aux, rtol=1e-5, err_msg=trust)
+        assert float(metrics["trust"]) == pytest.approx(trust_value), trust
+        assert float(metrics["tau"]) == pytest.approx(tau), trust
+    # At an interior τ the three targets differ, so each branch above is really checked.
+    if 0 < tau < 1:
+        assert len({round(_np_wce(q, batch["y"]), 4) for q, _ in cases.values()}) == 3
+
+
+def test_loss_trust_is_validated():
+    with pytest.raises(ValueError, match=r"^loss\.trust='off': expected one of"):
+        losses.LossConfig(trust="off")
+    assert losses.make_loss_config("grefel", {"trust": "full"}).trust == "full"
+    assert losses.make_loss_config("grefel").trust == "ramp"
+
+
 def test_total_loss_poster_uses_logits(batch):
     rng = np.random.default_rng(2)
     logits = rng.normal(size=(B, C)) * 3

@@ -157,3 +157,31 @@ def test_trust_ramp_and_apply_trust():
     p, q = _random_dists(rng, (B, C)), _random_dists(rng, (B, C))
     got = rel.apply_trust(jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32), 0.3)
     np.testing.assert_allclose(got, 0.7 * p + 0.3 * q, atol=1e-6)
+
+
+def test_select_correction_ablations():
+    rng = np.random.default_rng(7)
+    g, m, p = (jnp.asarray(_random_dists(rng, (B, C)), jnp.float32) for _ in range(3))
+    cg, cm, cp = (jnp.asarray(rng.uniform(0.05, 1.0, size=B), jnp.float32) for _ in range(3))
+    both = rel.select_correction("both", g, cg, m, cm)
+    np.testing.assert_array_equal(both, rel.combine_corrections(g, cg, m, cm))
+    np.testing.assert_array_equal(rel.select_correction("anchors", g, cg, m, cm), g)
+    np.testing.assert_array_equal(rel.select_correction("attention", g, cg, m, cm), m)
+    # The three really differ on this input (else the checks above would prove nothing).
+    assert not np.allclose(both, g, atol=1e-3) and not np.allclose(both, m, atol=1e-3)
+    q = rel.balance(p, cp, rel.select_correction("anchors", g, cg, m, cm))
+    np.testing.assert_array_equal(q, rel.balance(p, cp, g))
+    with pytest.raises(ValueError, match="kind='anchor'"):
+        rel.select_correction("anchor", g, cg, m, cm)
+
+
+def test_scheduled_trust():
+    for step in (0, 3, 10, 25):
+        ramp = rel.trust_ramp(step, 10)
+        assert float(rel.scheduled_trust("ramp", ramp)) == float(ramp)
+        assert float(rel.scheduled_trust("none", ramp)) == 0.0
+        assert float(rel.scheduled_trust("full", ramp)) == 1.0
+    traced = jax.jit(lambda s: rel.scheduled_trust("full", rel.trust_ramp(s, 10)))(jnp.int32(0))
+    assert traced.dtype == jnp.float32 and float(traced) == 1.0
+    with pytest.raises(ValueError, match="schedule='off'"):
+        rel.scheduled_trust("off", 0.5)

@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from grefel_jax.reliability import CORRECTIONS
+
 # POSTER++'s ViT: Linear weights trunc-normal(std 0.01) at width 768 (`_init_vit_weights`).
 OFFICIAL_VIT_INIT_STD = 0.01
 OFFICIAL_VIT_DIM = 768
@@ -114,6 +116,10 @@ class HeadConfig:
         'batch' (ARBEx code: single-head attention across the batch axis).
       attention_heads: heads of the per-sample attention.
       attention_tokens: number of tokens the embedding is split into for per-sample attention.
+      correction: the correction r in q_corr = c_p p + (1 - c_p) r: 'both' (GReFEL: the
+        confidence-weighted mix of the anchor and attention corrections), 'anchors' (r = g)
+        or 'attention' (r = m). The last two are ablations (docs/robustness.md); every value
+        builds the same parameters, so a checkpoint loads under any of them.
     """
 
     kind: Literal["poster", "grefel"] = "grefel"
@@ -130,6 +136,7 @@ class HeadConfig:
     attention: Literal["per_sample", "batch"] = "per_sample"
     attention_heads: int = 4
     attention_tokens: int = 8
+    correction: Literal["both", "anchors", "attention"] = "both"
 
     def __post_init__(self):
         if self.kind not in ("poster", "grefel"):
@@ -144,6 +151,10 @@ class HeadConfig:
             raise ValueError(f"model.head.anchor_init={self.anchor_init!r}: 'normal' or 'zeros'.")
         if self.attention not in ("per_sample", "batch"):
             raise ValueError(f"model.head.attention={self.attention!r}: 'per_sample' or 'batch'.")
+        if self.correction not in CORRECTIONS:
+            raise ValueError(
+                f"model.head.correction={self.correction!r}: expected one of {CORRECTIONS}."
+            )
         if self.num_classes < 2:
             raise ValueError(f"model.head.num_classes={self.num_classes} must be >= 2.")
 

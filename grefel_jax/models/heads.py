@@ -6,7 +6,8 @@ Both take `embedding (B, D) float` and `train: bool` and return a dict with thes
   logits           (B, C)  primary logits
   probs            (B, C)  softmax(logits / temperature), the primary distribution p
   confidence       (B,)    c(p) = 1 - H(p) / ln C
-  corrected_probs  (B, C)  q_corr = c_p p + (1 - c_p) r  (PosterHead: = probs)
+  corrected_probs  (B, C)  q_corr = c_p p + (1 - c_p) r  (PosterHead: = probs; r per
+                           HeadConfig.correction)
   head_embedding   (B, d)  the vector the anchors live in (PosterHead: the input embedding)
 
 GReFELHead adds:
@@ -221,7 +222,8 @@ class GReFELHead(nn.Module):
       e -> classifier MLP -> logits -> p = softmax(logits / T), c_p
       e, anchors (C, K, d) -> distances -> g = anchor_similarity(., delta), c_g
       e -> attention (per-sample MHSA or ARBEx batch attention) -> m = softmax, c_m
-      r = combine_corrections(g, c_g, m, c_m); corrected_probs = balance(p, c_p, r)
+      r = select_correction(config.correction, g, c_g, m, c_m) (default 'both':
+        combine_corrections(g, c_g, m, c_m)); corrected_probs = balance(p, c_p, r)
 
     Attributes:
       config: HeadConfig.
@@ -268,8 +270,10 @@ class GReFELHead(nn.Module):
         attention_probs = jax.nn.softmax(attention(x), axis=-1)
         attention_conf = reliability.normalized_entropy_confidence(attention_probs)
 
-        correction = reliability.combine_corrections(
-            anchor_probs, anchor_conf, attention_probs, attention_conf
+        # Both corrections are always computed (same parameters for every `cfg.correction`);
+        # the ablations only change which one q_corr leans on.
+        correction = reliability.select_correction(
+            cfg.correction, anchor_probs, anchor_conf, attention_probs, attention_conf
         )
         out.update(
             corrected_probs=reliability.balance(out["probs"], out["confidence"], correction),

@@ -34,6 +34,27 @@ HEADS: dict[str, dict[str, Any]] = {
         "model.head.num_anchors": 10,
         "loss.lambda_center": 0.0,
     },
+    # Which correction q_corr leans on (both = the method), and the trust schedule of q_final.
+    "grefel_k10_anchors_only": {
+        "model.head_preset": "grefel",
+        "model.head.num_anchors": 10,
+        "model.head.correction": "anchors",
+    },
+    "grefel_k10_attention_only": {
+        "model.head_preset": "grefel",
+        "model.head.num_anchors": 10,
+        "model.head.correction": "attention",
+    },
+    "grefel_k10_trust_none": {
+        "model.head_preset": "grefel",
+        "model.head.num_anchors": 10,
+        "loss.trust": "none",
+    },
+    "grefel_k10_trust_full": {
+        "model.head_preset": "grefel",
+        "model.head.num_anchors": 10,
+        "loss.trust": "full",
+    },
 }
 
 # Class-imbalance remedies -> config overrides (the GReFEL presets weight the loss by default,
