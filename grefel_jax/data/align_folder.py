@@ -206,6 +206,7 @@ def from_flags(
         model = LandmarkModel.from_checkpoint(path, batch_size=1)
     except (CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first.removeprefix(f"{path}: ")  # the loaders name the path themselves
         raise AlignOptionError(f"--landmarks={landmarks}: {first}") from None
     return FolderAligner(
         named,
