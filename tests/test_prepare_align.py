@@ -203,6 +203,13 @@ def test_prepare_align_stores_aligned_faces_and_counts_the_fallbacks(tmp_path, c
         )
 
 
+def test_the_command_for_a_missing_aligned_preparation_says_align():
+    command = source.prepare_command("image_folder", "mine_aligned", "d", "photos")
+    assert command.endswith(
+        "--config mine --manual_dir photos --data_dir d --align --landmarks CKPT"
+    )
+
+
 @pytest.mark.parametrize(
     "dataset, kwargs, message",
     [
