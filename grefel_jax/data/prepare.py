@@ -4,6 +4,12 @@ r"""Builds one dataset into ArrayRecord files and prints its split sizes and cla
       --data_dir ~/tensorflow_datasets
   python -m grefel_jax.data.prepare --dataset affectnet --config 7 \
       --manual_dir ~/downloads/AffectNet --data_dir ~/tensorflow_datasets
+  python -m grefel_jax.data.prepare --dataset image_folder --config mine \
+      --manual_dir ~/photos_by_class --align --landmarks runs/landmarks
+
+`--align` (image_folder only) stores each image as its face aligned onto a five-point
+template, as `predict --align` does (`grefel_jax.data.align_folder`), under the config
+`<config>_aligned`, and writes the aligned / fallback counts to `alignment.json` there.
 
 The manual directory is checked before any work: every missing file of the official release is
 listed at once.
@@ -11,6 +17,7 @@ listed at once.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -19,7 +26,7 @@ from pathlib import Path
 import ml_collections
 from absl import app, flags, logging
 
-from grefel_jax.data import builders, errors, source
+from grefel_jax.data import align_folder, builders, errors, source
 
 FLAGS = flags.FLAGS
 
@@ -38,14 +45,32 @@ def _define_flags() -> None:
     flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "Where prepared datasets go.")
     flags.DEFINE_bool("skip_corrupt", False, "Skip undecodable images (counted), don't fail.")
     flags.DEFINE_bool("overwrite", False, "Rebuild even if the dataset is already prepared.")
+    # Alignment (image_folder only): the flags of `predict --align` where they mean the same.
+    flags.DEFINE_bool(
+        "align", False, "image_folder: store each image's largest face aligned onto a template."
+    )
+    flags.DEFINE_string(
+        "landmarks", None, "Landmark pretraining workdir (or converted checkpoint) for --align."
+    )
+    flags.DEFINE_string(
+        "align_template",
+        "arcface",
+        "Template of --align: arcface (RAF-DB stand-in) or synthetic_faces.",
+    )
+    flags.DEFINE_integer(
+        "align_size", align_folder.DEFAULT_SIZE, "Side in pixels of the aligned crops."
+    )
+    flags.DEFINE_string("detector", "ssd", "Face detector of --align: ssd (CNN) or haar.")
+    flags.DEFINE_float("margin", 0.2, "--align: context of the square crop (fallback), fraction.")
 
 
-def _make_builder(name, config, data_dir, skip_corrupt, manual_dir=None):
+def _make_builder(name, config, data_dir, skip_corrupt, manual_dir=None, aligner=None):
     cls = builders.get_builder_class(name)
     kwargs = {"data_dir": data_dir, "file_format": "array_record"}
     if name == "image_folder":
         kwargs["config"] = cls.make_config(config or "default")
         kwargs["manual_dir"] = manual_dir
+        kwargs["aligner"] = aligner
     elif config is not None:
         kwargs["config"] = config
     if name not in builders.GENERATED:
@@ -62,12 +87,18 @@ def prepare(
     skip_corrupt: bool = False,
     overwrite: bool = False,
     verbose: bool = True,
+    align: align_folder.FolderAligner | None = None,
 ) -> dict:
     """Builds `name` (/`config`) into `data_dir`; returns a summary.
 
+    Args:
+      align: image_folder only: store aligned faces (`align_folder.from_flags` makes one
+        from the command line's flags) under the config `<config>_aligned`.
+
     Returns:
       dict with `dir` (the prepared folder), `splits` {split: size}, `class_names`,
-      `class_counts` {split: (C,) int array}, `corrupt_skipped` (list of files).
+      `class_counts` {split: (C,) int array}, `corrupt_skipped` (list of files), and with
+      `align` the content of its `alignment.json` as `alignment`.
 
     Raises:
       ManualDataMissingError: the manual dir lacks files of the official release (listed).
@@ -80,10 +111,18 @@ def prepare(
     if name == "image_folder" and config is None:
         config = "default"
     config = source.resolve_config_name(name, config) if name != "image_folder" else config
+    if align is not None and name != "image_folder":
+        raise align_folder.AlignOptionError(f"--align prepares image_folder, not {name}.")
+    if name == "image_folder":
+        align_folder.check_config_name(config, align is not None)
+        if align is not None:
+            config = align_folder.aligned_config_name(config)
     if name not in builders.GENERATED:
         # Fail before any work, listing everything that is missing.
         cls.check_manual_dir(manual_dir, config)
-    builder = _make_builder(name, config, data_dir, skip_corrupt, manual_dir)
+    if align is not None:
+        align_folder.check_existing(_existing_dir(name, config, data_dir), align, overwrite)
+    builder = _make_builder(name, config, data_dir, skip_corrupt, manual_dir, align)
     download_config = tfds.download.DownloadConfig(
         manual_dir=os.path.expanduser(manual_dir) if manual_dir else None,
         download_mode=(
@@ -121,9 +160,27 @@ def prepare(
         "seconds": seconds,
         "official_sizes": cls.official_sizes(config),
     }
+    if align is not None:
+        if align.counts:  # generated now (a reused preparation keeps its own record)
+            align_folder.write_record(directory, align)
+        record_path = Path(directory) / align_folder.ALIGNMENT_FILE
+        summary["alignment"] = (
+            json.loads(record_path.read_text()) if record_path.is_file() else None
+        )
     if verbose:
         print(format_summary(info, summary))
     return summary
+
+
+def _existing_dir(name: str, config: str, data_dir: str) -> Path | None:
+    """The folder of an earlier preparation of `name`/`config`, or None."""
+    data_config = ml_collections.ConfigDict(
+        {"name": name, "builder_config": config, "data_dir": data_dir}
+    )
+    try:
+        return source.dataset_dir(data_config)
+    except errors.DatasetNotPreparedError:
+        return None
 
 
 def _build_failure(name: str, error: BaseException) -> str:
@@ -167,6 +224,11 @@ def format_summary(info, summary: dict) -> str:
         )
     if summary.get("missing_frames"):
         lines.append(f"Skipped {summary['missing_frames']} labelled frame(s) without an image.")
+    if summary.get("alignment"):
+        counts = summary["alignment"]["counts"]
+        lines.append(
+            align_folder.summary_line(counts) + f" Details: {align_folder.ALIGNMENT_FILE}."
+        )
     if summary["corrupt_skipped"]:
         lines.append(f"Skipped {len(summary['corrupt_skipped'])} corrupt image(s):")
         lines.extend(f"  {f}" for f in summary["corrupt_skipped"][:20])
@@ -179,6 +241,15 @@ def main(argv):
         raise app.UsageError(f"--dataset is required: one of {', '.join(builders.DATASETS)}")
     logging.set_verbosity(logging.WARNING)
     try:
+        aligner = align_folder.from_flags(
+            FLAGS.dataset,
+            align=FLAGS.align,
+            landmarks=FLAGS.landmarks,
+            template=FLAGS.align_template,
+            detector=FLAGS.detector,
+            size=FLAGS.align_size,
+            margin=FLAGS.margin,
+        )
         prepare(
             FLAGS.dataset,
             data_dir=FLAGS.data_dir,
@@ -186,6 +257,7 @@ def main(argv):
             manual_dir=FLAGS.manual_dir,
             skip_corrupt=FLAGS.skip_corrupt,
             overwrite=FLAGS.overwrite,
+            align=aligner,
         )
     except errors.DataError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from grefel_jax.data import builders, errors
+from grefel_jax.data import align_folder, builders, errors
 from grefel_jax.data.builders import base
 
 MANUAL_DATASETS_HINT = "the files named in the builder's MANUAL_DOWNLOAD_INSTRUCTIONS"
@@ -36,11 +36,16 @@ def resolve_config_name(name: str, builder_config: str | None) -> str | None:
 def prepare_command(name: str, config: str | None, data_dir: str, manual_dir=None) -> str:
     """The shell command that builds this dataset."""
     cmd = f"python -m grefel_jax.data.prepare --dataset {name}"
+    align = ""
+    if name == "image_folder" and config and config.endswith(align_folder.ALIGNED_SUFFIX):
+        # `NAME_aligned` is what `--config NAME --align` writes.
+        config = config[: -len(align_folder.ALIGNED_SUFFIX)]
+        align = " --align --landmarks CKPT"
     if config:
         cmd += f" --config {config}"
     if name not in builders.GENERATED:
         cmd += f" --manual_dir {manual_dir or 'DIR'}"
-    return cmd + f" --data_dir {data_dir}"
+    return cmd + f" --data_dir {data_dir}" + align
 
 
 def dataset_dir(data_config) -> Path:

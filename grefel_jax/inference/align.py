@@ -201,3 +201,74 @@ def warp_to_template(
         borderMode=cv2.BORDER_REPLICATE,
     )
     return crop, matrix
+
+
+def align_face(
+    image: np.ndarray,
+    crop_points: np.ndarray,
+    crop_corner: tuple[int, int],
+    box: tuple[int, ...],
+    layout,
+    template: np.ndarray,
+    size: int,
+) -> tuple[np.ndarray | None, str | None]:
+    """One face's aligned crop from the landmark network's points on its square crop.
+
+    The step `Predictor.align_crops` (prediction) and `data.align_folder` (prepare) share.
+
+    Args:
+      image: (H, W, 3) uint8 RGB, the whole image.
+      crop_points: (N, 2) the network's points in pixels of the square crop.
+      crop_corner: `(x0, y0)` of the square crop in the image (crops are unresized slices
+        of the image, so crop pixel + corner = image pixel).
+      box: the detected face `(x, y, width, height)` (for `implausibility`).
+      layout: the points' `landmarks.points.PointLayout` (its `five_points`).
+      template: (5, 2) unit coordinates.
+      size: S, the aligned crop's side.
+
+    Returns:
+      `(crop (S, S, 3) uint8, None)`, or `(None, reason)` when the points are implausible
+      (the caller keeps the square crop).
+    """
+    five = layout.five_points(np.asarray(crop_points, np.float64) + np.asarray(crop_corner))
+    problem = implausibility(five, template, box)
+    if problem is not None:
+        return None, problem
+    warped, _ = warp_to_template(image, five, template, size)
+    return warped, None
+
+
+def align_largest_face(
+    image: np.ndarray, detector, landmarks, template: np.ndarray, size: int, margin: float
+) -> tuple[np.ndarray, str, str | None]:
+    """The largest detected face of `image`, aligned, or what prediction falls back to.
+
+    Args:
+      image: (H, W, 3) uint8 RGB.
+      detector: anything with `detect(image) -> [FaceBox]`, largest first (`faces`).
+      landmarks: anything with `layout` and `predict_points(crops) -> (K, N, 2)` crop pixels
+        (`inference.landmark_points.LandmarkModel`).
+      template: (5, 2) unit coordinates.
+      size: S, the aligned crop's side.
+      margin: context of the square crop around the box, as a fraction of its side.
+
+    Returns:
+      `(crop, status, reason)`: status 'aligned' (crop (S, S, 3)), 'fallback_crop' (the
+      square crop, unresized, as `predict --align` keeps it; reason says why) or 'no_face'
+      (the whole image, as `predict --no-detect` feeds it).
+    """
+    from grefel_jax.inference import faces as faces_lib  # numpy + OpenCV too
+
+    boxes = detector.detect(image)
+    if not boxes:
+        return image, "no_face", None
+    box = boxes[0]
+    region = faces_lib.crop_box(box, image.shape, margin)
+    square = faces_lib.crop(image, region)
+    (points,) = landmarks.predict_points([square])
+    warped, problem = align_face(
+        image, points, region[:2], box.as_tuple(), landmarks.layout, template, size
+    )
+    if warped is None:
+        return square, "fallback_crop", problem
+    return warped, "aligned", None

@@ -327,20 +327,22 @@ class Predictor:
         points = self.landmarks.predict_points(list(crops))  # (K, N, 2) crop pixels
         aligned = []
         for index, (face, crop, face_points) in enumerate(zip(faces, crops, points)):
-            # Crops are unresized slices of the image: crop pixel + corner = image pixel.
-            x0, y0 = face.crop_box[:2]
-            five = self.landmarks.layout.five_points(face_points + np.array([x0, y0]))
-            problem = align_lib.implausibility(five, self.template, face.box.as_tuple())
-            if problem is not None:
+            warped, problem = align_lib.align_face(
+                image,
+                face_points,
+                face.crop_box[:2],
+                face.box.as_tuple(),
+                self.landmarks.layout,
+                self.template,
+                self.image_size,
+            )
+            face.aligned = warped is not None
+            if warped is None:
                 self._warn(
                     f"{source}: face {index}: landmarks implausible ({problem}); "
                     "using the square crop."
                 )
-                face.aligned = False
-                aligned.append(crop)
-                continue
-            warped, _ = align_lib.warp_to_template(image, five, self.template, self.image_size)
-            face.aligned = True
+                warped = crop
             aligned.append(warped)
         return aligned
 

@@ -95,17 +95,10 @@ def load_rgb_image(
       crop_box: optional (left, top, right, bottom) crop in pixels of the upright image
         (clipped to the image).
     """
-    try:
-        data, image = decode_image_file(path)
-        upright = preprocess.exif_upright(image)
-        rgb = preprocess.pil_to_rgb(upright)
-    except (errors.CorruptImageError, preprocess.ImageReadError) as exc:
-        if not skip_corrupt:
-            if isinstance(exc, errors.CorruptImageError):
-                raise
-            raise errors.CorruptImageError(f"Cannot convert image {path}: {exc}") from exc
-        corrupt.files.append(str(path))
+    decoded = _decode_rgb(path, skip_corrupt=skip_corrupt, corrupt=corrupt)
+    if decoded is None:
         return None
+    data, image, upright, rgb = decoded
     if crop_box is not None:
         left, top, right, bottom = crop_box
         left, top = max(0, int(left)), max(0, int(top))
@@ -117,6 +110,37 @@ def load_rgb_image(
     if image.format == "JPEG" and image.mode == "RGB" and upright is image:
         return data
     return encode_png(rgb)
+
+
+def _decode_rgb(path, *, skip_corrupt: bool, corrupt: CorruptCounter):
+    """`(file bytes, PIL image, upright PIL image, (H, W, 3) uint8 RGB)`, or None if skipped."""
+    try:
+        data, image = decode_image_file(path)
+        upright = preprocess.exif_upright(image)
+        rgb = preprocess.pil_to_rgb(upright)
+    except (errors.CorruptImageError, preprocess.ImageReadError) as exc:
+        if not skip_corrupt:
+            if isinstance(exc, errors.CorruptImageError):
+                raise
+            raise errors.CorruptImageError(f"Cannot convert image {path}: {exc}") from exc
+        corrupt.files.append(str(path))
+        return None
+    return data, image, upright, rgb
+
+
+def load_rgb_array(
+    path: os.PathLike | str, *, skip_corrupt: bool, corrupt: CorruptCounter
+) -> tuple[np.ndarray, str | None] | None:
+    """`((H, W, 3) uint8 RGB of the upright image, PIL format name)`, or None if skipped.
+
+    The same decoding as `load_rgb_image`, for builders that transform the pixels (the
+    aligned image folder) before encoding them.
+    """
+    decoded = _decode_rgb(path, skip_corrupt=skip_corrupt, corrupt=corrupt)
+    if decoded is None:
+        return None
+    _, image, _, rgb = decoded
+    return rgb, image.format
 
 
 def read_text_lines(path: Path) -> list[str]:

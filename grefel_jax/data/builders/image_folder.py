@@ -4,6 +4,10 @@ Class names are the sorted class-folder names over all splits (torchvision Image
 so a folder missing from one split does not shift the indices of the others. The builder
 config is a name of your choice (`--config mydata`), so several folders can be prepared side
 by side under data_dir/image_folder/<name>/.
+
+With an `aligner` (`prepare --align`, `grefel_jax.data.align_folder`) every image is stored as
+its aligned face crop instead (or what prediction falls back to), under the config
+`<name>_aligned`.
 """
 
 from __future__ import annotations
@@ -79,10 +83,12 @@ class ImageFolder(base.ManualBuilder):
             raise ValueError("image_folder needs the manual dir at construction: pass manual_dir=.")
         return self.check_manual_dir(manual)["class_names"]
 
-    def __init__(self, *, manual_dir=None, **kwargs):
+    def __init__(self, *, manual_dir=None, aligner=None, **kwargs):
         # The class names are read from the folders, and TFDS asks for `_info` while
         # constructing the builder, so the folder must be known before `super().__init__`.
         self._grefel_manual_dir = manual_dir
+        # `align_folder.FolderAligner`: (H, W, 3) RGB, split, file name -> the crop to store.
+        self.aligner = aligner
         super().__init__(**kwargs)
 
     @classmethod
@@ -101,7 +107,17 @@ class ImageFolder(base.ManualBuilder):
     def _generate_examples(self, plan, split):
         index = {name: i for i, name in enumerate(plan["class_names"])}
         for path, class_name in plan["items"][split]:
-            image = self._image(path)
+            rel = str(path.relative_to(plan["root"]))
+            image = self._image(path) if self.aligner is None else self._aligned(path, split, rel)
             if image is not None:
-                rel = str(path.relative_to(plan["root"]))
                 yield rel, {"image": image, "label": index[class_name], "file_name": rel}
+
+    def _aligned(self, path, split: str, rel: str) -> bytes | None:
+        """The aligned crop (or the fallback) of one image, encoded; None if skipped."""
+        loaded = base.load_rgb_array(path, skip_corrupt=self.skip_corrupt, corrupt=self.corrupt)
+        if loaded is None:
+            return None
+        rgb, image_format = loaded
+        crop = self.aligner(rgb, split, rel)
+        # JPEG sources stay JPEG (compact), as the face-box crops of the other builders.
+        return base.encode_jpeg(crop) if image_format == "JPEG" else base.encode_png(crop)
