@@ -248,7 +248,7 @@ def main(argv):
             "wall_ms": wall_ms,
             "thunk_ms_total": sum(v["fwd"] + v["bwd"] for v in modules.values()),
             "modules": modules,
-            "top_thunks": top_thunks(per_thunk, op_names),
+            "top_thunks": top_thunks(per_thunk, op_names, count=60),
         }
     if FLAGS.torch:
         report["torch_train"] = torch_per_module(variant, batch)

@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from grefel_jax.models import conv_grad
+
 Dtype = Any
 
 # PyTorch's default Conv2d/Linear weight init (kaiming_uniform with a=sqrt(5)) is
@@ -57,6 +59,31 @@ class TorchDense(nn.Module):
 def exact_gelu(x: jax.Array) -> jax.Array:
     """GELU with the exact erf formula (PyTorch `nn.GELU()`), any shape."""
     return nn.gelu(x, approximate=False)
+
+
+@jax.custom_vjp
+def attention_softmax(x: jax.Array) -> jax.Array:
+    """Softmax over the last axis, any shape, with the backward pass y * (g - sum(g * y)).
+
+    The value is `jax.nn.softmax(x, axis=-1)`'s. Why a custom gradient: by default (the
+    `jax_softmax_custom_jvp` flag is off in this jax) JAX differentiates through the quotient
+    exp(x - max) / sum, and XLA:CPU then fuses a chain of products and divisions over the whole
+    (B, heads, N, N) attention matrix; at the first window-attention scale (N = 784) that fusion
+    took 650 ms of a paper-size train step at batch 32 (docs/performance.md). Only y is saved.
+    """
+    return jax.nn.softmax(x, axis=-1)
+
+
+def _attention_softmax_fwd(x):
+    y = jax.nn.softmax(x, axis=-1)
+    return y, y
+
+
+def _attention_softmax_bwd(y, grad):
+    return (y * (grad - jnp.sum(grad * y, axis=-1, keepdims=True)),)
+
+
+attention_softmax.defvjp(_attention_softmax_fwd, _attention_softmax_bwd)
 
 
 def subsample_by_two(x: jax.Array) -> jax.Array:
@@ -128,6 +155,36 @@ class DepthwiseConv(nn.Module):
         return out
 
 
+class Conv2d(nn.Module):
+    """`torch.nn.Conv2d` without groups: `(B, H, W, Cin) -> (B, H', W', features)`.
+
+    The same parameters as `nn.Conv` (`kernel (k, k, Cin, features)`, `bias (features,)`, same
+    names), so checkpoints and converters see no difference. It exists for its gradient:
+    `conv_grad.conv2d` computes the kernel gradient of large maps in row bands on CPU, where
+    XLA's own was the slowest part of the train step (docs/performance.md).
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    use_bias: bool = False
+    kernel_init: Any = torch_default_init
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
+        y = conv_grad.conv2d(
+            x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding
+        )
+        if self.use_bias:  # zeros, as nn.Conv's default (the init this model always had)
+            bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 def conv(
     features: int,
     kernel: int = 3,
@@ -138,15 +195,18 @@ def conv(
     name: str | None = None,
     dtype: Dtype = jnp.float32,
 ) -> nn.Module:
-    """A `flax.linen.Conv` with PyTorch's symmetric explicit padding and default init.
+    """A convolution with PyTorch's symmetric explicit padding and default kernel init.
 
     Applied to `(B, H, W, Cin)` it gives `(B, H', W', features)` with
-    `H' = (H + 2 * padding - kernel) // stride + 1`, exactly as `torch.nn.Conv2d`.
-    `groups` is `feature_group_count`; a depthwise conv (`groups == features`, one input
-    channel per group, no bias) is a `DepthwiseConv` with the same parameter.
+    `H' = (H + 2 * padding - kernel) // stride + 1`, exactly as `torch.nn.Conv2d`. Without
+    groups it is a `Conv2d` (nn.Conv's parameters, a faster kernel gradient on CPU); a
+    depthwise conv (`groups == features`, one input channel per group, no bias) is a
+    `DepthwiseConv`; other grouped convs are `nn.Conv` with `feature_group_count=groups`.
     """
     if groups > 1 and groups == features and not use_bias:
         return DepthwiseConv(features, kernel, stride, padding, dtype=dtype, name=name)
+    if groups == 1:
+        return Conv2d(features, kernel, stride, padding, use_bias, dtype=dtype, name=name)
     return nn.Conv(
         features,
         (kernel, kernel),

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from grefel_jax.models.layers import Dtype, Mlp, layer_norm
+from grefel_jax.models.layers import Dtype, Mlp, attention_softmax, layer_norm
 
 # `_init_vit_weights`: Linear weights trunc-normal(0.01) at width 768, biases 0 (Flax's default
 # bias). `BackboneConfig.vit_init_std` says how the std follows the width.
@@ -36,7 +36,7 @@ class SelfAttention(nn.Module):
         qkv = qkv.reshape(b, n, 3, h, hd).transpose(2, 0, 3, 1, 4)  # (3, B, heads, N, hd)
         q, k, v = qkv[0], qkv[1], qkv[2]
         attn = jnp.einsum("bhqd,bhkd->bhqk", q * hd**-0.5, k)
-        attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
+        attn = attention_softmax(attn.astype(jnp.float32)).astype(v.dtype)
         out = jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3).reshape(b, n, d)
         return nn.Dense(d, kernel_init=init, dtype=self.dtype, name="proj")(out)
 
