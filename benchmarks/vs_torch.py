@@ -48,10 +48,70 @@ flags.DEFINE_bool("smoke", False, "Tiny model, batch 2, 1 rep, no SAM: checks th
 flags.DEFINE_bool("grefel", True, "Also time our GReFEL head (Adam and SAM train steps).")
 flags.DEFINE_string("output", "benchmarks/results/vs_torch.json", "JSON output path.")
 flags.DEFINE_integer("blocks", 2, "Alternating blocks per side (A A A B B B A A A ...).")
+flags.DEFINE_enum("only", "", ["", "torch", "jax"], "Time one side only (used by --separate).")
+flags.DEFINE_bool(
+    "separate",
+    False,
+    "Time each side in its own process, alternating processes (torch, jax, torch, jax) for "
+    "--blocks rounds: no framework's threads or allocator state affect the other's timings.",
+)
+
+
+def print_row(name: str, row: dict) -> None:
+    print(
+        f"{name}: torch {row['torch']['median_s']:.3f} s, jax {row['jax']['median_s']:.3f} s, "
+        f"speedup {row['speedup']:.2f}x",
+        flush=True,
+    )
+
+
+def run_separate() -> None:
+    """Alternates one process per side, `--blocks` rounds, and merges their timings."""
+    import subprocess
+    import tempfile
+
+    merged: dict[str, dict[str, list[float]]] = {}
+    pressure_before = cpu_pressure()
+    args = [f"--variant={FLAGS.variant}", f"--batch_size={FLAGS.batch_size}"]
+    args += [f"--reps={FLAGS.reps}", "--blocks=1", "--nogrefel"] + (["--smoke"] * FLAGS.smoke)
+    for _ in range(FLAGS.blocks):
+        for side in ("torch", "jax"):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = pathlib.Path(tmp) / "side.json"
+                command = [sys.executable, __file__, f"--only={side}", f"--output={out}", *args]
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                report = json.loads(out.read_text())
+            for name, row in report["results"].items():
+                merged.setdefault(name, {}).setdefault(side, []).extend(row[side]["times_s"])
+    results = {}
+    for name, sides in merged.items():
+        results[name] = {side: summary(t) | {"times_s": t} for side, t in sides.items()}
+        results[name]["speedup"] = (
+            results[name]["torch"]["median_s"] / results[name]["jax"]["median_s"]
+        )
+        print_row(name, results[name])
+    report |= {"mode": "separate processes", "results": results}
+    report |= {"pressure_before": pressure_before, "pressure_after": cpu_pressure()}
+    write_report(report, results)
+
+
+def write_report(report: dict, results: dict) -> None:
+    path = pathlib.Path(FLAGS.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(f"Wrote {path}")
+    if "infer" in results and "speedup" in results["infer"]:
+        print(
+            f"speedup_infer={results['infer']['speedup']:.3f} "
+            f"speedup_train={results['train_adam_ce']['speedup']:.3f}"
+        )
 
 
 def main(argv):
     del argv
+    if FLAGS.separate:
+        run_separate()
+        return
     import torch
     import torch_reference as ref
 
@@ -111,7 +171,8 @@ def main(argv):
     }.items():
         times = {"torch": [], "jax": []}
         start = time.perf_counter()
-        pair[1]()  # compilation excluded
+        if FLAGS.only != "torch":
+            pair[1]()  # compilation excluded
         compile_s = time.perf_counter() - start
         # Blocks of consecutive calls, as in a training loop, alternating between the sides.
         # Each block starts with one untimed call: the first JAX call after PyTorch's took 13.4 s
@@ -119,24 +180,25 @@ def main(argv):
         # right after the other framework pays for re-warming the process's allocator.
         for _ in range(FLAGS.blocks):
             for side, fn in zip(("torch", "jax"), pair):
+                if FLAGS.only and side != FLAGS.only:
+                    continue
                 fn()
                 for _ in range(reps):
                     start = time.perf_counter()
                     fn()
                     times[side].append(time.perf_counter() - start)
-        results[name] = {side: summary(t) for side, t in times.items()}
+        results[name] = {side: summary(t) | {"times_s": t} for side, t in times.items() if t}
         results[name]["jax_compile_and_first_s"] = compile_s
+        if FLAGS.only:
+            continue
         results[name]["speedup"] = (
             results[name]["torch"]["median_s"] / results[name]["jax"]["median_s"]
         )
-        print(
-            f"{name}: torch {results[name]['torch']['median_s']:.3f} s, "
-            f"jax {results[name]['jax']['median_s']:.3f} s, "
-            f"speedup {results[name]['speedup']:.2f}x",
-            flush=True,
-        )
+        print_row(name, results[name])
 
-    if FLAGS.grefel:  # ours only: the GReFEL head and losses, Adam and SAM.
+    if (
+        FLAGS.grefel and FLAGS.only != "torch"
+    ):  # ours only: the GReFEL head and losses, Adam and SAM.
         for sam in (False,) if FLAGS.smoke else (False, True):
             tr, st, d = jax_trainer(variant, "grefel", sam, batch)
             st, m = tr.step(st, d)
@@ -167,15 +229,9 @@ def main(argv):
         "pressure_before": pressure_before,
         "pressure_after": cpu_pressure(),
         "results": results,
+        "mode": f"one process, blocks of {reps} calls per side",
     }
-    path = pathlib.Path(FLAGS.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    print(f"Wrote {path}")
-    print(
-        f"speedup_infer={results['infer']['speedup']:.3f} "
-        f"speedup_train={results['train_adam_ce']['speedup']:.3f}"
-    )
+    write_report(report, results)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ work. `strided_input_grad` splits it into one stride-1 convolution per output ph
 
 Both are the same sums in another order (float32 rounding differs, ~1e-6 relative); the
 forward pass is XLA's own convolution. Where they pay was measured, not guessed
-(`MIN_PIXELS`, and the phases only for k > 1 with Cin >= Cout); they run on CPU only
+(`MIN_WORK`, and the phases only for k > 1 with Cin >= Cout); they run on CPU only
 (`lax.platform_dependent`): GPUs and TPUs keep XLA's gradients, which are fast there.
 """
 
@@ -31,12 +31,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
-# Input maps with at least this many pixels (H * W) get the CPU forms. Measured on a 2-core AMD
-# EPYC (docs/performance.md): at the paper's sizes, batch 32, the banded kernel gradient was
-# 1.8-2.6x faster on 112x112 and 56x56 inputs but only 0-30 % on 28x28 and 14x14, and with a
-# 14x14 threshold the `tiny` model's step (48x48 maps, few channels) got 5 % slower; so only
-# maps of 56x56 and more use them.
-MIN_PIXELS = 56 * 56
+# Convolutions with at least this much work per image (H * W * Cin * Cout of the input map) get
+# the CPU forms. Measured on a 2-core AMD EPYC (docs/performance.md): every 3x3 conv of the
+# paper's IR-50 has 12.8M (51M for the first stage's 112x112 conv) and its train step was 1.2 s
+# faster with them than with a 56x56 map threshold; the `tiny` model's convs have 0.6M and its
+# step was 5 % slower with them, so they keep XLA's gradients.
+MIN_WORK = 2**22
 # Rows (batch x band rows x output width) per band: 256 / 1024 / 4096 were measured; 1024 was
 # as fast as the best of them on every shape to within 10 %.
 BAND_ROWS = 1024
@@ -79,7 +79,7 @@ def _conv2d_bwd(stride, padding, residuals, grad):
     def banded_kernel(a, g):
         return banded_kernel_grad(a, g, k, stride, padding).astype(kernel.dtype)
 
-    large = x.shape[1] * x.shape[2] >= MIN_PIXELS
+    large = x.shape[1] * x.shape[2] * cin * cout >= MIN_WORK
     if large and stride > 1 and k > 1 and cin >= cout:
         grad_x = jax.lax.platform_dependent(
             grad,

@@ -1,0 +1,31 @@
+"""The accelerator benchmark keeps running: `benchmarks/accelerator.sh --smoke` on CPU (tiny
+one-unit model, batch 2) writes its JSON to $OUT and prints its summary line."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_accelerator_smoke_writes_json(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    result = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "accelerator.sh"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "accelerator.json").read_text())
+    kinds = sorted((r["kind"], r["batch_size"]) for r in report["results"])
+    assert kinds == [("infer", 1), ("train", 2)]
+    assert all(r["images_per_s"] > 0 and r["flops_per_call"] > 0 for r in report["results"])
+    assert all(r["mfu"] is None for r in report["results"])  # no peak is known for a CPU
+    assert result.stdout.strip().splitlines()[-1].startswith("images_per_s_train_best=")
