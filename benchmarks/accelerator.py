@@ -33,9 +33,9 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from grefel_jax import sharding  # noqa: E402
+from grefel_jax import settings, sharding  # noqa: E402
 from grefel_jax.configs import base  # noqa: E402
-from grefel_jax.models import GReFEL  # noqa: E402
+from grefel_jax.models import GReFEL, init_variables  # noqa: E402
 from grefel_jax.trainer import build_trainer  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -100,6 +100,7 @@ def make_config(variant: str, dtype: str, batch: int, sam: bool, smoke: bool):
     config.num_train_steps = 1000
     config.loss.class_weighting = False  # random labels: no split to count
     if smoke:
+        config.model.backbone.image_size = 64
         config.model.backbone.ir_units = (1, 1, 1)
         config.model.backbone.vit_depth = 1
     return config
@@ -135,13 +136,11 @@ def train_case(variant, dtype, batch, sam, smoke, steps, device_kind) -> dict:
 
 def infer_case(variant, dtype, batch, smoke, steps, device_kind) -> dict:
     """Compiles and times eval-mode inference at one batch size; returns its record."""
-    config = make_config(variant, dtype, max(batch, 1), False, smoke)
-    mesh = sharding.make_mesh(config.mesh)
-    trainer = build_trainer(config, common.random_dataset(common.NUM_CLASSES, batch), mesh)
-    state = trainer.init_state(jax.random.key(0))
-    variables = common.trainer_variables(state)
-    model = GReFEL(trainer.model_config, dtype=jnp.dtype(dtype))
-    size = trainer.image_size
+    config = make_config(variant, dtype, 1, False, smoke)
+    model_config = settings.model_config(config, common.NUM_CLASSES)
+    model = GReFEL(model_config, dtype=jnp.dtype(dtype))
+    variables = init_variables(model, jax.random.key(0))
+    size = model_config.backbone.image_size
     images = jnp.asarray(np.random.default_rng(0).normal(size=(batch, size, size, 3)), jnp.float32)
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False)["corrected_probs"])
     start = time.perf_counter()

@@ -32,16 +32,27 @@ import jax
 import jax.numpy as jnp
 
 # Convolutions with at least this much work per image (H * W * Cin * Cout of the input map) get
-# the CPU forms. Measured on a 2-core AMD EPYC (docs/performance.md): every 3x3 conv of the
-# paper's IR-50 has 12.8M (51M for the first stage's 112x112 conv) and its train step was 1.2 s
-# faster with them than with a 56x56 map threshold; the `tiny` model's convs have 0.6M and its
-# step was 5 % slower with them, so they keep XLA's gradients.
+# the CPU forms. Chosen from microbenchmarks on a 2-core AMD EPYC (docs/performance.md §3): the
+# banded kernel gradient was 1.1-2.6x faster for every 3x3 conv of the paper's IR-50 (12.8M,
+# 51M for the first 112x112 conv) and the `tiny` model's step was about 5 % slower with it on its
+# convs (0.6M), so those keep XLA's gradients.
 MIN_WORK = 2**22
 # Rows (batch x band rows x output width) per band: 256 / 1024 / 4096 were measured; 1024 was
 # as fast as the best of them on every shape to within 10 %.
 BAND_ROWS = 1024
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def uses_cpu_gradients(x_shape, kernel_shape) -> bool:
+    """Whether a conv of input `(B, H, W, Cin)` and kernel `(k, k, Cin, Cout)` is large enough
+    (H * W * Cin * Cout >= MIN_WORK) for the CPU gradient forms of `conv2d`."""
+    return x_shape[1] * x_shape[2] * kernel_shape[2] * kernel_shape[3] >= MIN_WORK
+
+
+def plain_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """`conv2d` without the custom gradient (XLA's own): same shapes and value."""
+    return _conv(x, kernel, stride, padding)
 
 
 def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
@@ -79,7 +90,7 @@ def _conv2d_bwd(stride, padding, residuals, grad):
     def banded_kernel(a, g):
         return banded_kernel_grad(a, g, k, stride, padding).astype(kernel.dtype)
 
-    large = x.shape[1] * x.shape[2] * cin * cout >= MIN_WORK
+    large = uses_cpu_gradients(x.shape, kernel.shape)
     if large and stride > 1 and k > 1 and cin >= cout:
         grad_x = jax.lax.platform_dependent(
             grad,

@@ -159,9 +159,10 @@ class Conv2d(nn.Module):
     """`torch.nn.Conv2d` without groups: `(B, H, W, Cin) -> (B, H', W', features)`.
 
     The same parameters as `nn.Conv` (`kernel (k, k, Cin, features)`, `bias (features,)`, same
-    names), so checkpoints and converters see no difference. It exists for its gradient:
-    `conv_grad.conv2d` computes the kernel gradient of large maps in row bands on CPU, where
-    XLA's own was the slowest part of the train step (docs/performance.md).
+    names), so checkpoints and converters see no difference. It exists for its gradient: for
+    large convs (`conv_grad.uses_cpu_gradients`) `conv_grad.conv2d` computes the kernel
+    gradient in row bands and a strided input gradient by phases on CPU, where XLA's own were
+    the slowest part of the train step (docs/performance.md); small convs are plain XLA.
     """
 
     features: int
@@ -176,9 +177,11 @@ class Conv2d(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
-        y = conv_grad.conv2d(
-            x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding
-        )
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if conv_grad.uses_cpu_gradients(x.shape, kernel.shape):
+            y = conv_grad.conv2d(x, kernel, self.stride, self.padding)
+        else:  # small convs: XLA's convolution and gradients, no custom_vjp in the graph
+            y = conv_grad.plain_conv2d(x, kernel, self.stride, self.padding)
         if self.use_bias:  # zeros, as nn.Conv's default (the init this model always had)
             bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
             y = y + bias.astype(self.dtype)
