@@ -13,15 +13,18 @@ from __future__ import annotations
 import json
 import pathlib
 import platform
+import sys
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import common  # noqa: E402
+
 from grefel_jax import sharding
 from grefel_jax.configs import base
-from grefel_jax.data.source import DatasetInfo
 from grefel_jax.trainer import build_trainer
 
 FLAGS = flags.FLAGS
@@ -35,12 +38,6 @@ flags.DEFINE_integer("fsdp", 1, "FSDP axis size of the mesh (the rest is data pa
 flags.DEFINE_string("output", "benchmarks/results/train_step.json", "JSON output path.")
 
 
-def random_dataset(num_classes: int, batch_size: int) -> DatasetInfo:
-    """A stand-in DatasetInfo for random inputs: many steps per epoch, no label scan."""
-    names = tuple(f"class_{i}" for i in range(num_classes))
-    return DatasetInfo("random", None, num_classes, names, {"train": 1000 * batch_size}, False)
-
-
 def time_variant(variant: str) -> dict:
     """Compiles and times the train step of one variant; returns a result record."""
     config = base.get_base_config()
@@ -52,7 +49,9 @@ def time_variant(variant: str) -> dict:
     config.num_train_steps = 1000
     config.loss.class_weighting = False  # random labels: no split to count
     mesh = sharding.make_mesh(config.mesh)
-    trainer = build_trainer(config, random_dataset(FLAGS.num_classes, FLAGS.batch_size), mesh)
+    trainer = build_trainer(
+        config, common.random_dataset(FLAGS.num_classes, FLAGS.batch_size), mesh
+    )
     state = trainer.init_state(jax.random.key(0))
     step = trainer.step
     model_config = trainer.model_config

@@ -8,6 +8,7 @@ import math
 import cv2
 import numpy as np
 import pytest
+from face_checks import dark_centroid
 
 from grefel_jax.data import synthetic_faces
 from grefel_jax.inference import align
@@ -24,16 +25,6 @@ def _rotate(image: np.ndarray, points: np.ndarray, degrees: float):
     matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
     rotated = cv2.warpAffine(image, matrix, (w, h), borderMode=cv2.BORDER_REPLICATE)
     return rotated, align.apply_affine(matrix, points)
-
-
-def _dark_centroid(image: np.ndarray, centre: np.ndarray, radius: int) -> np.ndarray:
-    """Centroid (x, y) of the pixels darker than 40 within `radius` of `centre`: the pupil."""
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64)
-    ys, xs = np.mgrid[: gray.shape[0], : gray.shape[1]]
-    near = np.hypot(xs - centre[0], ys - centre[1]) <= radius
-    weight = np.where(near, np.maximum(40.0 - gray, 0.0), 0.0)
-    assert weight.sum() > 0, "no dark pupil pixels near the expected eye"
-    return np.array([(weight * xs).sum(), (weight * ys).sum()]) / weight.sum()
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +58,7 @@ def test_a_face_rotated_by_20_degrees_lands_its_eyes_on_the_template(face):
     # The pixels: the dark pupils of the warped image sit on the template eyes within 1 px
     # (this checks that warpAffine and the points use the same pixel convention).
     for eye in (0, 1):
-        found = _dark_centroid(crop, want[eye], radius=4)
+        found = dark_centroid(crop, want[eye], radius=4)
         assert np.hypot(*(found - want[eye])) < 1.0, (eye, found, want[eye])
 
 

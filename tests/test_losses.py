@@ -211,10 +211,9 @@ def test_center_loss_degenerate_gradients_and_mask(batch):
     np.testing.assert_allclose(got, ref, rtol=1e-5)
 
 
-def test_total_loss_grefel_matches_formula(batch):
-    rng = np.random.default_rng(1)
-    p, q_corr = batch["q"], _softmax(rng.normal(size=(B, C)))
-    outputs = {
+def _grefel_outputs(batch, p, q_corr) -> dict:
+    """A GReFEL head's output dict with primary p (B, C) and corrected q_corr (B, C)."""
+    return {
         "logits": f32(np.log(p)),
         "probs": f32(p),
         "confidence": f32(batch["conf"]),
@@ -222,6 +221,12 @@ def test_total_loss_grefel_matches_formula(batch):
         "head_embedding": f32(batch["e"]),
         "anchors": f32(batch["a"]),
     }
+
+
+def test_total_loss_grefel_matches_formula(batch):
+    rng = np.random.default_rng(1)
+    p, q_corr = batch["q"], _softmax(rng.normal(size=(B, C)))
+    outputs = _grefel_outputs(batch, p, q_corr)
     tau, lce, la, lc = 0.4, 1.5, 0.3, 2.0
     loss, metrics = losses.total_loss(
         outputs,
@@ -262,14 +267,7 @@ def test_total_loss_trust_schedules(batch, tau):
     """loss.trust: 'none' = CE of p, 'full' = CE of q_corr at any step; aux losses keep τ."""
     rng = np.random.default_rng(3)
     p, q_corr = batch["q"], _softmax(rng.normal(size=(B, C)))
-    outputs = {
-        "logits": f32(np.log(p)),
-        "probs": f32(p),
-        "confidence": f32(batch["conf"]),
-        "corrected_probs": f32(q_corr),
-        "head_embedding": f32(batch["e"]),
-        "anchors": f32(batch["a"]),
-    }
+    outputs = _grefel_outputs(batch, p, q_corr)
     aux = _np_anchor_official(batch["a"]) + _np_center(
         batch["e"], batch["a"], batch["y"], batch["conf"]
     )

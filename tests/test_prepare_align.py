@@ -14,6 +14,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from face_checks import dark_centroid
 from PIL import Image
 
 from grefel_jax.data import align_folder, errors, prepare, source
@@ -63,16 +64,6 @@ class _Landmarks:
         # Unknown crops: every point at the centre, as an untrained network answers.
         centre = np.full((LAYOUT.num_points, 2), crops[0].shape[0] / 2)
         return np.stack([self.points.get(_key(c), centre) for c in crops])
-
-
-def _dark_centroid(image: np.ndarray, centre: np.ndarray, radius: int) -> np.ndarray:
-    """Centroid (x, y) of the pixels darker than 40 within `radius` of `centre`: the pupil."""
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64)
-    ys, xs = np.mgrid[: gray.shape[0], : gray.shape[1]]
-    near = np.hypot(xs - centre[0], ys - centre[1]) <= radius
-    weight = np.where(near, np.maximum(40.0 - gray, 0.0), 0.0)
-    assert weight.sum() > 0, "no dark pupil pixels near the expected eye"
-    return np.array([(weight * xs).sum(), (weight * ys).sum()]) / weight.sum()
 
 
 def _stored(data_dir, config, split):
@@ -159,7 +150,7 @@ def test_prepare_align_stores_aligned_faces_and_counts_the_fallbacks(tmp_path, c
     image, image_points = truth["train/neutral/a.png"]
     _, matrix = align.warp_to_template(image, LAYOUT.five_points(image_points), template, SIZE)
     for eye in align.apply_affine(matrix, LAYOUT.five_points(image_points)[:2]):
-        found = _dark_centroid(stored["train/neutral/a.png"], eye, radius=4)
+        found = dark_centroid(stored["train/neutral/a.png"], eye, radius=4)
         assert np.hypot(*(found - eye)) < 1.0, (found, eye)
     # Fallbacks as predict keeps them: the square crop (unresized), the whole image.
     x0, y0, x1, y1 = crop_box(BOX, (RENDER, RENDER), MARGIN)
