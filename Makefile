@@ -12,6 +12,7 @@ DEPS := pyproject.toml requirements.txt requirements-test.txt requirements-expor
 # both levels (fast-math stays off at every level, so float results differ by rounding only).
 TEST_ENV := XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true" JAX_PLATFORMS=cpu
 DEMO_DIR ?= runs/demo
+DEMO_LANDMARKS_DIR ?= $(DEMO_DIR)_landmarks
 DATA_DIR ?= data
 
 .PHONY: setup test demo lint format clean
@@ -33,13 +34,16 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile tests
 
-# The embedded default: generate the synthetic faces (skipped when already built), train and
-# evaluate the tiny model into $(DEMO_DIR), then predict on faces from no split. Re-running
-# resumes from the last checkpoint.
+# The embedded default: generate the synthetic faces (skipped when already built), pretrain
+# the tiny landmark network on their drawn points, train and evaluate the tiny GReFEL with that
+# network frozen into $(DEMO_DIR), then predict on faces from no split. Re-running resumes
+# each step from its last checkpoint (a finished pretraining is only re-evaluated).
 demo: $(STAMP)
 	$(PY) -m grefel_jax.data.prepare --dataset synthetic_faces --config demo_96 --data_dir $(DATA_DIR)
+	$(PY) -m grefel_jax.landmarks.pretrain --config configs/landmarks_demo.py \
+		--workdir $(DEMO_LANDMARKS_DIR) --config.data.data_dir=$(DATA_DIR)
 	$(PY) -m grefel_jax.main --config configs/demo.py --workdir $(DEMO_DIR) \
-		--config.data.data_dir=$(DATA_DIR)
+		--config.data.data_dir=$(DATA_DIR) --config.init_from=$(DEMO_LANDMARKS_DIR)
 	$(PY) -m grefel_jax.data.samples --out $(DEMO_DIR)/samples/faces
 	$(PY) -m grefel_jax.predict --checkpoint $(DEMO_DIR) --no-detect $(DEMO_DIR)/samples/faces
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import pickle
 
 import data_fixtures as fx
 import jax
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from grefel_jax import preprocess
-from grefel_jax.data import augment, config, errors, noise, pipeline, prepare, source
+from grefel_jax.data import augment, config, errors, noise, pipeline, pixel_cache, prepare, source
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +195,51 @@ def test_worker_processes(synthetic_config):
     batches = _take(pipeline.make_train_iterator(c, image_size=32, global_batch_size=8, seed=0), 2)
     assert batches[1]["image"].shape == (8, 32, 32, 3)
     assert set(np.concatenate([b["label"] for b in batches])) <= set(range(7))
+
+
+def test_pixel_cache_serves_the_decoded_pixels(synthetic_config, imbalanced_config):
+    """The uint8 cache (data/pixel_cache.py) returns the decoder's own arrays, survives
+    pickling (grain workers), is rebuilt when stale, and leaves the batches unchanged."""
+    decoded = source.data_source(synthetic_config, "train")
+    cached = pixel_cache.data_source(synthetic_config, "train")
+    assert isinstance(cached, pixel_cache.PixelCachedSource)
+    path = pixel_cache.cache_path(synthetic_config, "train")
+    assert np.load(path, mmap_mode="r").shape == (len(decoded), 64, 64, 3)
+    revived = pickle.loads(pickle.dumps(cached))
+    for i in (0, 17, len(decoded) - 1):
+        a, b, c = cached[i], decoded[i], revived[i]
+        assert set(a) == set(b)
+        assert a["image"].dtype == np.uint8
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(c["image"], b["image"])
+        assert a["label"] == b["label"]
+
+    off = synthetic_config.copy_and_resolve_references()
+    off.pixel_cache_mb = 0
+    assert not isinstance(pixel_cache.data_source(off, "train"), pixel_cache.PixelCachedSource)
+    kw = dict(image_size=32, global_batch_size=16, seed=3)
+    with_cache = _take(pipeline.make_train_iterator(synthetic_config, **kw), 2)
+    without = _take(pipeline.make_train_iterator(off, **kw), 2)
+    for x, y in zip(with_cache, without):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+
+    stale = pixel_cache.cache_path(synthetic_config, "test")
+    np.save(stale, np.zeros((3, 64, 64, 3), np.uint8))  # e.g. from an earlier build
+    test_source = pixel_cache.data_source(synthetic_config, "test")
+    np.testing.assert_array_equal(
+        test_source[5]["image"], source.data_source(synthetic_config, "test")[5]["image"]
+    )
+    # Images of varying size (image_folder) and a limit below the split's size: no cache.
+    assert not isinstance(
+        pixel_cache.data_source(imbalanced_config, "train"), pixel_cache.PixelCachedSource
+    )
+    small = synthetic_config.copy_and_resolve_references()
+    small.pixel_cache_mb = 1  # 140 x 64 x 64 x 3 bytes = 1.6 MiB
+    assert not isinstance(pixel_cache.data_source(small, "train"), pixel_cache.PixelCachedSource)
+    small.pixel_cache_mb = -1
+    with pytest.raises(ValueError, match=r"^config\.data\.pixel_cache_mb=-1: expected >= 0"):
+        pixel_cache.data_source(small, "train")
 
 
 def test_dataset_info_and_not_prepared_error(synthetic_config, tmp_path):

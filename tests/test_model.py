@@ -244,3 +244,31 @@ def test_paper_variant_is_about_8_gmacs():
 
     flops = flops_per_image(make_model_config("paper", "poster", 7))
     assert math.isclose(flops / 2e9, 8.48, rel_tol=0.05), flops
+
+
+def test_constant_landmark_queries_cut_the_landmark_network_off():
+    """`landmark_queries='constant'` (the geometry ablation): the same parameters load, and
+    the output no longer depends on the landmark network, which it does under 'network'.
+    Layer scale 1 instead of 1e-5, so that the attention's share is visible at init."""
+
+    def model(queries):
+        overrides = {"landmark_queries": queries, "layer_scale_init": 1.0, "image_size": 64}
+        return GReFEL(make_model_config("tiny", "grefel", 7, backbone_overrides=overrides))
+
+    variables = init_variables(model("network"), jax.random.PRNGKey(0))
+    size = model("network").config.backbone.image_size
+    images = jax.random.normal(jax.random.PRNGKey(6), (2, size, size, 3))
+    scrambled = dict(variables["params"])
+    scrambled["face_landback"] = jax.tree.map(lambda p: p * 1.5 + 0.1, scrambled["face_landback"])
+    scrambled = {"params": scrambled, "batch_stats": variables["batch_stats"]}
+
+    for queries in ("network", "constant"):  # the head starts uniform: compare what it reads
+        module = model(queries)
+        embed = jax.jit(lambda v, m=module: m.apply(v, images, train=False)["embedding"])
+        original, changed = np.asarray(embed(variables)), np.asarray(embed(scrambled))
+        if queries == "network":
+            assert not np.allclose(original, changed, atol=1e-3)
+        else:
+            np.testing.assert_array_equal(original, changed)
+    with pytest.raises(ValueError, match=r"landmark_queries='zeros': expected one of"):
+        make_model_config("tiny", backbone_overrides={"landmark_queries": "zeros"})

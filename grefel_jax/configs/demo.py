@@ -1,9 +1,13 @@
 r"""The CPU demo: the full GReFEL head on the `tiny` backbone, synthetic faces, no download.
 
   python -m grefel_jax.data.prepare --dataset synthetic_faces --config demo_96 --data_dir data
-  python -m grefel_jax.main --config configs/demo.py --workdir runs/demo
+  python -m grefel_jax.landmarks.pretrain --config configs/landmarks_demo.py \
+      --workdir runs/demo_landmarks
+  python -m grefel_jax.main --config configs/demo.py --workdir runs/demo \
+      --config.init_from=runs/demo_landmarks
 
-(`make demo` runs exactly these two commands, then `predict` on unseen faces.) The model is
+(`make demo` runs exactly these three commands, then `predict` on unseen faces; without
+`init_from` the landmark network stays random, as before issue 10.) The model is
 the default `grefel` head preset at `tiny` size (32-d reduction, MLP 64-32 with BatchNorm and
 dropout 0.5, K = 10 anchors per class, per-sample attention, all loss weights 1, the margin
 anchor loss and the detached center confidence the preset defaults to); see docs/numerics.md

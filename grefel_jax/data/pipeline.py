@@ -33,7 +33,7 @@ import grain
 import jax
 import numpy as np
 
-from grefel_jax.data import augment, noise, source
+from grefel_jax.data import augment, noise, pixel_cache, source
 from grefel_jax.data.errors import DatasetNotPreparedError  # noqa: F401  (public re-export)
 from grefel_jax.data.source import DatasetInfo, class_weights, dataset_info  # noqa: F401
 from grefel_jax.preprocess import preprocess_eval_image
@@ -285,7 +285,7 @@ def train_records(
       `(records, stream_seed)`; the seed is for the per-position augmentation generators.
     """
     split = data_config.train_split
-    base = source.data_source(data_config, split)
+    base = pixel_cache.data_source(data_config, split)
     sampler = data_config.get("sampler", "none")
     labels = source.split_labels(data_config, split) if sampler == "inverse_frequency" else None
     keep = source.train_record_indices(data_config)
@@ -347,7 +347,7 @@ def eval_records(data_config, split: str, *, global_batch_size: int) -> grain.Ma
 
     Item k is a record with `record_key` (-1 on padding) and `mask` (False on padding) added.
     """
-    base = source.data_source(data_config, split)
+    base = pixel_cache.data_source(data_config, split)
     host_batch = per_host_batch(global_batch_size)
     padded = num_eval_batches(len(base), global_batch_size) * global_batch_size
     records = _HostEvalSource(base, padded, global_batch_size, host_batch, jax.process_index())

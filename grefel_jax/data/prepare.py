@@ -26,7 +26,7 @@ from pathlib import Path
 import ml_collections
 from absl import app, flags, logging
 
-from grefel_jax.data import align_folder, builders, errors, source
+from grefel_jax.data import align_folder, builders, errors, pixel_cache, source
 
 FLAGS = flags.FLAGS
 
@@ -144,8 +144,9 @@ def prepare(
         {"name": name, "builder_config": config, "data_dir": data_dir}
     )
     directory = source.dataset_dir(data_config)
-    for stale in Path(directory).glob("grefel_labels-*.npy"):
-        stale.unlink()  # label caches of an earlier build
+    for pattern in ("grefel_labels-*.npy", pixel_cache.CACHE_GLOB):
+        for stale in Path(directory).glob(pattern):
+            stale.unlink()  # label and pixel caches of an earlier build
     info = source.dataset_info(data_config)
     counts = {split: source.class_counts(data_config, split) for split in info.split_sizes}
     corrupt = list(builder.corrupt.files) if hasattr(builder, "corrupt") else []

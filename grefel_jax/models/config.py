@@ -17,6 +17,8 @@ from grefel_jax.reliability import CORRECTIONS
 # POSTER++'s ViT: Linear weights trunc-normal(std 0.01) at width 768 (`_init_vit_weights`).
 OFFICIAL_VIT_INIT_STD = 0.01
 OFFICIAL_VIT_DIM = 768
+# Values of BackboneConfig.landmark_queries.
+LANDMARK_QUERIES = ("network", "constant")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,12 @@ class BackboneConfig:
         any width (0.01 = the official constant, whatever the width).
       freeze_image_backbone: stop gradients into IR-50 (ARBEx); the landmark network is always
         frozen.
+      landmark_queries: what the window cross-attention attends from: 'network' (POSTER++:
+        the landmark network's three feature maps) or 'constant' (an ablation: the three
+        maps are replaced by zeros, so the queries are the same at every position and for
+        every face: zero at the first two scales, the bias of `last_face_conv` at the third;
+        no landmark information reaches the model. The landmark network and all parameters
+        stay, so checkpoints load under either value).
     """
 
     image_size: int = 224
@@ -56,8 +64,14 @@ class BackboneConfig:
     vit_mlp_ratio: int = 4
     vit_init_std: float | None = None
     freeze_image_backbone: bool = False
+    landmark_queries: Literal["network", "constant"] = "network"
 
     def __post_init__(self):
+        if self.landmark_queries not in LANDMARK_QUERIES:
+            raise ValueError(
+                f"model.backbone.landmark_queries={self.landmark_queries!r}: expected one of "
+                f"{LANDMARK_QUERIES}."
+            )
         if self.image_size % 32:
             raise ValueError(f"model.image_size={self.image_size} must be divisible by 32.")
         if self.dims[1] != 2 * self.dims[0]:

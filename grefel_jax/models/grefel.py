@@ -75,6 +75,10 @@ class GReFEL(nn.Module):
         landmark_net = MobileFaceNet(cfg.dims[0], cfg.mfn_units, dt, name=names.LANDMARK_NET)
         face1, face2, face3 = landmark_net(x)
         face1, face2, face3 = (jax.lax.stop_gradient(f) for f in (face1, face2, face3))
+        if cfg.landmark_queries == "constant":
+            # The ablation of the geometry (BackboneConfig.landmark_queries): the network still
+            # runs, so the parameter tree is the same, but its maps carry nothing.
+            face1, face2, face3 = (jnp.zeros_like(f) for f in (face1, face2, face3))
         face3 = conv(cfg.dims[2], 3, 1, 1, use_bias=True, name="last_face_conv", dtype=dt)(face3)
 
         # Image branch: IR-50, trainable unless frozen (then also on stored BN statistics).

@@ -1,0 +1,159 @@
+r"""The demo's geometry ablation: random vs pretrained vs no landmark network, over seeds.
+
+  python benchmarks/demo_landmarks.py --data_dir data --workdir runs/demo_landmark_ablation \
+      --landmarks runs/demo_landmarks --output benchmarks/results/demo_landmarks.json
+
+Each run is exactly `make demo`'s training command (`configs/demo.py`, its steps, in a fresh
+process) with `--config.seed=S` and one of:
+
+* `random`: the landmark network randomly initialised and frozen (the demo before issue 10);
+* `pretrained`: `--config.init_from=LANDMARKS`, the network pretrained on the faces' points by
+  `configs/landmarks_demo.py` and frozen (what `make demo` does); pretrained first when
+  LANDMARKS holds no finished run;
+* `constant`: `--config.model.backbone.landmark_queries=constant`, the attention queries
+  replaced by zeros (no landmark information at all; docs/landmarks.md).
+
+It reports the test split (`eval_test.json` of each run: best checkpoint by validation
+accuracy) as mean ± sample std over seeds, for the primary and the corrected output, and
+writes every run's numbers and wall time to `--output` (JSON) and a Markdown table beside it.
+Finished runs (their `eval_test.json` exists) are read, not re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+from common import cpu_name
+
+VARIANTS = {
+    "random": [],
+    "pretrained": ["--config.init_from={landmarks}"],
+    "constant": ["--config.model.backbone.landmark_queries=constant"],
+}
+METRICS = ("primary/accuracy", "corrected/accuracy", "primary/macro_f1", "corrected/macro_f1")
+
+_DATA_DIR = flags.DEFINE_string("data_dir", "data", "Prepared datasets (synthetic_faces/demo_96).")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/demo_landmark_ablation", "One sub-workdir per run.")
+_LANDMARKS = flags.DEFINE_string(
+    "landmarks", "runs/demo_landmarks", "Landmark pretraining workdir (configs/landmarks_demo.py)."
+)
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
+_VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"Any of {list(VARIANTS)}.")
+_OUTPUT = flags.DEFINE_string(
+    "output", "benchmarks/results/demo_landmarks.json", "JSON report (and .md beside it)."
+)
+
+
+def _run(command: list[str], env: dict) -> float:
+    """Runs one command in a fresh process; returns its wall time in seconds."""
+    print("+", " ".join(command), flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env)
+    return time.perf_counter() - start
+
+
+def _pretrain(env: dict) -> dict:
+    """The landmark network `pretrained` loads: `make demo`'s pretraining (reused if done)."""
+    report = pathlib.Path(_LANDMARKS.value) / "landmarks_eval.json"
+    seconds = None
+    if not report.exists():
+        seconds = _run(
+            [sys.executable, "-m", "grefel_jax.landmarks.pretrain"]
+            + ["--config", "configs/landmarks_demo.py", "--workdir", _LANDMARKS.value]
+            + [f"--config.data.data_dir={_DATA_DIR.value}"],
+            env,
+        )
+    return {**json.loads(report.read_text()), "wall_s": seconds}
+
+
+def _summary(rows: list[dict]) -> dict:
+    """variant -> metric -> (mean, sample std, n) over the variant's seeds."""
+    out = {}
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        values = {m: [r[m] for r in rows if r["variant"] == variant] for m in METRICS}
+        out[variant] = {
+            m: {
+                "mean": float(np.mean(v)),
+                "std": float(np.std(v, ddof=1)) if len(v) > 1 else None,
+                "n": len(v),
+            }
+            for m, v in values.items()
+        }
+    return out
+
+
+def _markdown(summary: dict, landmarks: dict | None) -> str:
+    lines = [
+        "| landmark network | accuracy primary | accuracy corrected | macro-F1 primary "
+        "| macro-F1 corrected |",
+        "|---|---|---|---|---|",
+    ]
+    for variant, metrics in summary.items():
+        cells = []
+        for m in METRICS:
+            s = metrics[m]
+            std = "n/a" if s["std"] is None else f"{s['std']:.3f}"
+            cells.append(f"{s['mean']:.3f} ± {std}")
+        lines.append(f"| {variant} (n={metrics[METRICS[0]]['n']}) | " + " | ".join(cells) + " |")
+    if landmarks:
+        lines.append(
+            f"\nPretrained network: test NME {landmarks['nme']:.4f} on "
+            f"{landmarks['num_examples']} faces."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    unknown = set(_VARIANTS.value) - set(VARIANTS)
+    if unknown:
+        sys.exit(f"--variants: unknown {sorted(unknown)}; expected some of {list(VARIANTS)}.")
+    workdir = pathlib.Path(_WORKDIR.value)
+    env = dict(os.environ)
+    # Every run compiles the same programs: the persistent cache turns later compiles into reads.
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(workdir / "jax_cache"))
+    landmarks = _pretrain(env) if "pretrained" in _VARIANTS.value else None
+    rows = []
+    for variant in _VARIANTS.value:
+        for seed in _SEEDS.value:
+            run_dir = workdir / f"{variant}_seed{seed}"
+            result_file = run_dir / "eval_test.json"
+            seconds = None
+            if not result_file.exists():
+                extra = [a.format(landmarks=_LANDMARKS.value) for a in VARIANTS[variant]]
+                seconds = _run(
+                    [sys.executable, "-m", "grefel_jax.main", "--config", "configs/demo.py"]
+                    + ["--workdir", str(run_dir), f"--config.data.data_dir={_DATA_DIR.value}"]
+                    + [f"--config.seed={seed}"]
+                    + extra,
+                    env,
+                )
+            result = json.loads(result_file.read_text())
+            rows.append(
+                {"variant": variant, "seed": int(seed), "wall_s": seconds}
+                | {m: float(result[m]) for m in METRICS}
+            )
+    summary = _summary(rows)
+    report = {
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
+        "landmarks": landmarks,
+        "runs": rows,
+        "summary": summary,
+    }
+    output = pathlib.Path(_OUTPUT.value)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    table = _markdown(summary, landmarks)
+    output.with_suffix(".md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    app.run(main)
