@@ -33,3 +33,24 @@ def test_accelerator_smoke_writes_json(tmp_path):
     assert all(r["images_per_s"] > 0 and r["flops_per_call"] > 0 for r in report["results"])
     assert all(r["mfu"] is None for r in report["results"])  # no peak is known for a CPU
     assert result.stdout.strip().splitlines()[-1].startswith("images_per_s_train_best=")
+
+
+def test_roofline_reports_floors(tmp_path):
+    """benchmarks/roofline.py on the tiny model with small matrices: a JSON whose floors follow
+    from its own peak and FLOPs, and the summary line."""
+    out = tmp_path / "roofline.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "roofline.py"), "--variant", "tiny"]
+        + ["--sizes", "64", "--reps", "1", "--batch_size", "4", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    flops, peak = report["flops_per_image"], report["peak_gflops"]
+    assert 0 < flops["landmark_net"] < flops["forward"]
+    assert flops["train_step"] == 3 * flops["forward"] - 2 * flops["landmark_net"]
+    assert abs(report["floor_s"]["train"] - 4 * flops["train_step"] / (peak * 1e9)) < 1e-9
+    assert result.stdout.strip().splitlines()[-1].startswith("peak_gflops=")

@@ -197,42 +197,71 @@ def test_worker_processes(synthetic_config):
     assert set(np.concatenate([b["label"] for b in batches])) <= set(range(7))
 
 
-def test_pixel_cache_serves_the_decoded_pixels(synthetic_config, imbalanced_config):
-    """The uint8 cache (data/pixel_cache.py) returns the decoder's own arrays, survives
-    pickling (grain workers), is rebuilt when stale, and leaves the batches unchanged."""
+def test_pixel_cache_serves_the_decoded_records(synthetic_config, imbalanced_config):
+    """The cache (data/pixel_cache.py) returns the decoder's own records, survives pickling
+    (grain workers), stores resized images that the pipelines leave as they are, is keyed to
+    the prepared files, and leaves the batches unchanged."""
     decoded = source.data_source(synthetic_config, "train")
     cached = pixel_cache.data_source(synthetic_config, "train")
     assert isinstance(cached, pixel_cache.PixelCachedSource)
     path = pixel_cache.cache_path(synthetic_config, "train")
     assert np.load(path, mmap_mode="r").shape == (len(decoded), 64, 64, 3)
+    resized = pixel_cache.data_source(synthetic_config, "train", size=(40, 40))
     revived = pickle.loads(pickle.dumps(cached))
     for i in (0, 17, len(decoded) - 1):
         a, b, c = cached[i], decoded[i], revived[i]
         assert set(a) == set(b)
+        for key in b:
+            assert type(a[key]) is type(b[key]), key
+            np.testing.assert_array_equal(a[key], b[key])
         assert a["image"].dtype == np.uint8
-        np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(c["image"], b["image"])
-        assert a["label"] == b["label"]
+        np.testing.assert_array_equal(resized[i]["image"], preprocess.resize(b["image"], 40, 40))
+    assert len(cached) == len(decoded) == len(resized)
+    # The same size as stored needs no second file.
+    assert pixel_cache.data_source(synthetic_config, "train", size=(64, 64))._pixels_file == path
 
     off = synthetic_config.copy_and_resolve_references()
     off.pixel_cache_mb = 0
     assert not isinstance(pixel_cache.data_source(off, "train"), pixel_cache.PixelCachedSource)
-    kw = dict(image_size=32, global_batch_size=16, seed=3)
-    with_cache = _take(pipeline.make_train_iterator(synthetic_config, **kw), 2)
-    without = _take(pipeline.make_train_iterator(off, **kw), 2)
-    for x, y in zip(with_cache, without):
-        for key in x:
-            np.testing.assert_array_equal(x[key], y[key])
+    for crop in (False, True):  # plain resize to S, and resize-shorter-side + random crop
+        on, no = synthetic_config.copy_and_resolve_references(), off.copy_and_resolve_references()
+        for c in (on, no):
+            c.augment.resize_crop = crop
+            c.augment.rotation_degrees = 10.0
+        kw = dict(image_size=32, global_batch_size=16, seed=3)
+        with_cache = _take(pipeline.make_train_iterator(on, **kw), 2)
+        without = _take(pipeline.make_train_iterator(no, **kw), 2)
+        evals = [
+            _take(pipeline.make_eval_iterator(c, "test", image_size=32, global_batch_size=16), 2)
+            for c in (on, no)
+        ]
+        for x, y in zip(with_cache + evals[0], without + evals[1]):
+            for key in x:
+                np.testing.assert_array_equal(x[key], y[key])
+    assert list(path.parent.glob("grefel_pixels-train-*-32x32.npy"))  # the resized file exists
 
-    stale = pixel_cache.cache_path(synthetic_config, "test")
-    np.save(stale, np.zeros((3, 64, 64, 3), np.uint8))  # e.g. from an earlier build
-    test_source = pixel_cache.data_source(synthetic_config, "test")
+    # Files of an earlier build are never served: the name carries a hash of the split's files.
+    test_path = pixel_cache.cache_path(synthetic_config, "test")
+    stale = test_path.with_name("grefel_pixels-test-0123456789.npy")
+    np.save(stale, np.zeros((60, 64, 64, 3), np.uint8))
+    expected = source.data_source(synthetic_config, "test")[5]["image"]
     np.testing.assert_array_equal(
-        test_source[5]["image"], source.data_source(synthetic_config, "test")[5]["image"]
+        pixel_cache.data_source(synthetic_config, "test")[5]["image"], expected
     )
-    # Images of varying size (image_folder) and a limit below the split's size: no cache.
+    # A wrong shape is rebuilt. (np.save rewrites the file in place, which would break a live
+    # memory map of it; the cache itself only ever renames new files into place.)
+    np.save(test_path, np.zeros((3, 64, 64, 3), np.uint8))
+    np.testing.assert_array_equal(
+        pixel_cache.data_source(synthetic_config, "test")[5]["image"], expected
+    )
+    # Images of varying size (image_folder), a limit below the split's size, a split
+    # expression: no cache.
     assert not isinstance(
         pixel_cache.data_source(imbalanced_config, "train"), pixel_cache.PixelCachedSource
+    )
+    assert not isinstance(
+        pixel_cache.data_source(synthetic_config, "train[:10]"), pixel_cache.PixelCachedSource
     )
     small = synthetic_config.copy_and_resolve_references()
     small.pixel_cache_mb = 1  # 140 x 64 x 64 x 3 bytes = 1.6 MiB

@@ -14,14 +14,24 @@ import numpy as np
 from grefel_jax.preprocess import normalize, resize
 
 
+def shorter_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """(H', W') with the shorter side `size` and the aspect ratio of (h, w) (torchvision)."""
+    if h <= w:
+        return size, max(size, int(size * w / h))
+    return max(size, int(size * h / w)), size
+
+
 def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
     """Resizes so that the shorter side is `size`, keeping the aspect ratio (torchvision)."""
-    h, w = image.shape[:2]
-    if h <= w:
-        new_h, new_w = size, max(size, int(size * w / h))
-    else:
-        new_h, new_w = max(size, int(size * h / w)), size
-    return resize(image, new_h, new_w)
+    return resize(image, *shorter_side_shape(*image.shape[:2], size))
+
+
+def train_resize_shape(h: int, w: int, image_size: int, aug) -> tuple[int, int]:
+    """The (H', W') an (h, w) image has after the training augmentation's first step, the
+    resize, which involves no random draw (`data.pixel_cache` stores images at this size)."""
+    if aug.resize_crop:
+        return shorter_side_shape(h, w, int(image_size * aug.resize_ratio))
+    return image_size, image_size
 
 
 def _color_jitter(image: np.ndarray, rng, brightness, contrast, saturation) -> np.ndarray:
@@ -152,7 +162,7 @@ def augment_train_example(
             image.astype(np.float32), rng, aug.brightness, aug.contrast, aug.saturation
         )
         image = jittered.astype(np.uint8)
-    out = normalize(np.ascontiguousarray(image))
+    out = normalize(image)  # astype makes a contiguous copy of a flipped view
     if aug.random_erasing_p > 0 and rng.uniform() < aug.random_erasing_p:
         out = random_erasing(
             out, rng, tuple(aug.random_erasing_scale), tuple(aug.random_erasing_ratio)

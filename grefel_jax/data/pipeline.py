@@ -274,18 +274,33 @@ def iterate(dataset: grain.MapDataset, data_config):
 
 
 def train_records(
-    data_config, *, global_batch_size: int, seed: int, start_step: int = 0
+    data_config,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    image_size: int | None = None,
 ) -> tuple[grain.MapDataset, int]:
-    """This process's share of the training stream, undecoded, from global batch `start_step`.
+    """This process's share of the training stream, from global batch `start_step`.
 
     Item k is the record at its stream position (module doc) with `record_key` and `position`
     added; map it and batch it by `per_host_batch(global_batch_size)`.
+
+    Args:
+      image_size: S, when the records feed `augment.augment_train_image` at that size: their
+        images may then come already resized (`augment.train_resize_shape`, from the pixel
+        cache), which changes nothing in the augmented result. None: images as stored (for
+        maps that need the stored geometry, such as landmark points).
 
     Returns:
       `(records, stream_seed)`; the seed is for the per-position augmentation generators.
     """
     split = data_config.train_split
-    base = pixel_cache.data_source(data_config, split)
+    resized = None
+    shape = pixel_cache.image_shape(data_config) if image_size else None
+    if shape is not None:
+        resized = augment.train_resize_shape(*shape[:2], image_size, data_config.augment)
+    base = pixel_cache.data_source(data_config, split, size=resized)
     sampler = data_config.get("sampler", "none")
     labels = source.split_labels(data_config, split) if sampler == "inverse_frequency" else None
     keep = source.train_record_indices(data_config)
@@ -328,7 +343,11 @@ def make_train_iterator(
       DatasetNotPreparedError: with the command that prepares the dataset.
     """
     records, the_seed = train_records(
-        data_config, global_batch_size=global_batch_size, seed=seed, start_step=start_step
+        data_config,
+        global_batch_size=global_batch_size,
+        seed=seed,
+        start_step=start_step,
+        image_size=image_size,
     )
     label_noise = training_labels(data_config)
     dataset = records.map(
@@ -342,12 +361,17 @@ def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
     return -(-num_examples // global_batch_size)
 
 
-def eval_records(data_config, split: str, *, global_batch_size: int) -> grain.MapDataset:
+def eval_records(
+    data_config, split: str, *, global_batch_size: int, image_size: int | None = None
+) -> grain.MapDataset:
     """This process's share of `split` in record order, padded to whole global batches.
 
     Item k is a record with `record_key` (-1 on padding) and `mask` (False on padding) added.
+    With `image_size` S (for `preprocess_eval_image` at S), images may come already resized
+    to S x S from the pixel cache, which changes nothing in the preprocessed result.
     """
-    base = pixel_cache.data_source(data_config, split)
+    size = (image_size, image_size) if image_size else None
+    base = pixel_cache.data_source(data_config, split, size=size)
     host_batch = per_host_batch(global_batch_size)
     padded = num_eval_batches(len(base), global_batch_size) * global_batch_size
     records = _HostEvalSource(base, padded, global_batch_size, host_batch, jax.process_index())
@@ -364,7 +388,7 @@ def make_eval_iterator(data_config, split: str, *, image_size: int, global_batch
       batch g holds records g*B .. g*B + B - 1.
     """
     dataset = (
-        eval_records(data_config, split, global_batch_size=global_batch_size)
+        eval_records(data_config, split, global_batch_size=global_batch_size, image_size=image_size)
         .map(_EvalMap(image_size))
         .batch(per_host_batch(global_batch_size), drop_remainder=False)
     )

@@ -1,22 +1,35 @@
-"""Decoded pixels of a split in one uint8 `.npy` beside the prepared dataset, read by memory map.
+"""A split's records decoded once into files beside the prepared dataset, read from memory.
 
-Why: the input pipeline decodes every image of every batch. A 96x96 PNG of the synthetic
-faces takes about 0.4 ms to decode on one core, more than its augmentation (0.15 ms); on a
-2-core machine the read thread's decoding takes CPU from the jitted step, and the demo loop
-ran below the pure step rate (docs/performance.md, "Input pipeline"). Datasets whose images
-all have one shape and that are small enough (`data.pixel_cache_mb`) are decoded once into
-`grefel_pixels-<split>.npy` (N, H, W, C) uint8 in the prepared folder; later runs read a
-record's other features undecoded and its pixels from the memory map. The pixels are the
-decoder's own output, so a cached and an uncached run see identical arrays.
+Why: the input pipeline decodes, parses and resizes every image of every batch. On the demo
+(96x96 PNGs fed at 64x64, batch 32) that host work took 16-18 ms per batch on one core of a
+2-core machine, against a 55 ms jitted step that wants both cores, and the training loop ran
+at 0.82-0.87 of the pure step rate (docs/performance.md, "Input pipeline"). Of those
+milliseconds, reading and parsing the ArrayRecord example was about 4 and the resize about 3.
 
-The file is written to a temporary name and renamed, so concurrent processes (several hosts
-or `local_cluster` processes on one data_dir) never read a half-written cache. A data_dir
-that cannot be written falls back to decoding, with one warning. `prepare` deletes the files
-of an earlier build.
+Datasets whose images all have one shape and that fit (`data.pixel_cache_mb`) are therefore
+read once into:
+
+* `grefel_pixels-<split>-<key>[-<H>x<W>].npy`: (N, H, W, C) uint8 pixels, read by memory map. With a
+  size, each image is stored after `preprocess.resize` to (H, W), the deterministic first step
+  of both the training augmentation and the evaluation preprocessing, which then find the
+  image already at that size and leave it as it is (`resize` returns its input unchanged), so
+  a cached and an uncached run see identical arrays;
+* `grefel_features-<split>-<key>.npz`: every other feature stacked over the records (label,
+  landmarks, file name, ...).
+
+`<key>` is a hash of the split's ArrayRecord files (names, sizes, modification times), so a
+re-prepared split is never served from the files of an earlier build.
+
+Later item reads touch no ArrayRecord file. Files are written to a temporary name and renamed,
+so concurrent processes (several hosts, or `local_cluster` processes, on one data_dir) never
+read half a file. A data_dir that cannot be written falls back to decoding, with one warning.
+`prepare` deletes the files of an earlier build.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -24,13 +37,24 @@ from pathlib import Path
 import numpy as np
 
 from grefel_jax.data import source
+from grefel_jax.preprocess import resize
 
-CACHE_GLOB = "grefel_pixels-*.npy"
+# What `prepare` deletes when it builds a dataset again.
+CACHE_GLOBS = ("grefel_pixels-*.npy", "grefel_features-*.npz")
 
 
-def cache_path(data_config, split: str) -> Path:
-    """Where `split`'s pixel cache lives (the prepared dataset's folder)."""
-    return source.dataset_dir(data_config) / f"grefel_pixels-{split}.npy"
+def cache_path(data_config, split: str, size: tuple[int, int] | None = None) -> Path:
+    """Where `split`'s pixel cache lives: the prepared dataset's folder; `size` (H, W) when the
+    images are stored resized."""
+    suffix = "" if size is None else f"-{int(size[0])}x{int(size[1])}"
+    key = _build_key(data_config, split)
+    return source.dataset_dir(data_config) / f"grefel_pixels-{split}-{key}{suffix}.npy"
+
+
+def features_path(data_config, split: str) -> Path:
+    """Where `split`'s non-image features are stored (one array per feature)."""
+    key = _build_key(data_config, split)
+    return source.dataset_dir(data_config) / f"grefel_features-{split}-{key}.npz"
 
 
 def image_shape(data_config) -> tuple[int, ...] | None:
@@ -41,56 +65,95 @@ def image_shape(data_config) -> tuple[int, ...] | None:
     return tuple(int(d) for d in shape)
 
 
-class PixelCachedSource:
-    """A data source whose `image` comes from the pixel cache: `len()` and `[i]` -> dict.
+def _build_key(data_config, split: str) -> str:
+    """10 hex digits hashing the names, sizes and modification times of the split's files."""
+    files = source.load_builder(data_config).info.splits[split].filepaths
+    stats = []
+    for name in sorted(str(f) for f in files):
+        st = os.stat(name)
+        stats.append([Path(name).name, st.st_size, st.st_mtime_ns])
+    return hashlib.sha1(json.dumps(stats).encode()).hexdigest()[:10]
 
-    Item i is `raw[i]` (every feature undecoded) with `image` replaced by a copy of row i of
-    the cache, (H, W, C) uint8. Picklable for grain worker processes: the memory map is
-    reopened in each process instead of being copied into the pickle.
+
+class PixelCachedSource:
+    """A data source served from the cache files: `len()` and `[i]` -> dict.
+
+    Item i has `image` = a copy of row i of the pixel file, (H, W, C) uint8, and every other
+    feature from the features file, with the types the TFDS source gives (Python int, float
+    and bytes for scalar features; arrays otherwise). Picklable for grain worker processes:
+    the memory map is reopened in each process instead of being copied into the pickle.
     """
 
-    def __init__(self, raw, path: Path):
-        self._raw = raw
-        self._path = Path(path)
+    def __init__(self, pixels_file: Path, features_file: Path):
+        self._pixels_file = Path(pixels_file)
+        self._features_file = Path(features_file)
+        with np.load(self._features_file) as stored:
+            self._features = {k: stored[k] for k in stored.files}
+        self._length = len(next(iter(self._features.values())))
         self._pixels = None
 
     def __repr__(self) -> str:
-        return f"PixelCachedSource({self._raw!r}, {self._path})"
+        return f"PixelCachedSource({self._pixels_file})"
 
     def __len__(self) -> int:
-        return len(self._raw)
+        return self._length
 
     def __getitem__(self, i: int) -> dict:
         if self._pixels is None:
-            self._pixels = np.load(self._path, mmap_mode="r")
-        example = dict(self._raw[i])
+            self._pixels = np.load(self._pixels_file, mmap_mode="r")
+        example = {}
+        for key, values in self._features.items():
+            example[key] = values[i].item() if values.ndim == 1 else values[i]
         example["image"] = np.array(self._pixels[i])
         return example
 
     def __getstate__(self):
-        return {"raw": self._raw, "path": self._path}
+        return {"pixels": self._pixels_file, "features": self._features_file}
 
     def __setstate__(self, state):
-        self.__init__(state["raw"], state["path"])
+        self.__init__(state["pixels"], state["features"])
 
 
-def _build(decoded, path: Path, shape: tuple[int, ...]) -> None:
-    """Decodes every record of `decoded` into `path` (via a temporary file, then a rename)."""
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+def _save_atomically(path: Path, write) -> None:
+    """Calls `write(temporary path)`, then renames the file to `path`."""
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        pixels = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.uint8, shape=(len(decoded),) + shape
-        )
-        for i in range(len(decoded)):
-            pixels[i] = decoded[i]["image"]
-        pixels.flush()
-        del pixels
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _valid(path: Path, expected: tuple[int, ...]) -> bool:
+def _build_features(undecoded, path: Path) -> None:
+    """Stacks every non-image feature of `undecoded` into `path` (npz)."""
+    columns: dict[str, list] = {}
+    for i in range(len(undecoded)):
+        for key, value in undecoded[i].items():
+            if key != "image":
+                columns.setdefault(key, []).append(value)
+    arrays = {key: np.asarray(values) for key, values in columns.items()}
+    if not arrays or any(a.dtype == object for a in arrays.values()):
+        raise ValueError("no feature besides the image, or one whose values differ in shape")
+    _save_atomically(path, lambda tmp: np.savez(tmp, **arrays))
+
+
+def _build_pixels(decoded, path: Path, shape: tuple[int, ...], size) -> None:
+    """Decodes (and resizes to `size`) every image of `decoded` into `path`."""
+
+    def write(tmp):
+        pixels = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(len(decoded),) + shape
+        )
+        for i in range(len(decoded)):
+            image = decoded[i]["image"]
+            pixels[i] = image if size is None else resize(image, *size)
+        pixels.flush()
+        del pixels
+
+    _save_atomically(path, write)
+
+
+def _valid_pixels(path: Path, expected: tuple[int, ...]) -> bool:
     try:
         cached = np.load(path, mmap_mode="r")
     except (OSError, ValueError):
@@ -98,25 +161,54 @@ def _valid(path: Path, expected: tuple[int, ...]) -> bool:
     return cached.dtype == np.uint8 and cached.shape == expected
 
 
-def data_source(data_config, split: str):
-    """`source.data_source(data_config, split)`, served from the pixel cache when it applies.
+def _valid_features(path: Path, num_records: int) -> bool:
+    try:
+        with np.load(path) as stored:
+            return all(len(stored[k]) == num_records for k in stored.files)
+    except (OSError, ValueError, KeyError):
+        return False
 
-    The cache is used (and built on first use) when `data_config.pixel_cache_mb` > 0, every
-    image has the same shape, and N * H * W * C bytes fit in that many MiB.
+
+def data_source(data_config, split: str, *, size: tuple[int, int] | None = None):
+    """`source.data_source(data_config, split)`, served from the cache when it applies.
+
+    Args:
+      data_config: `config.data`; `pixel_cache_mb` (> 0) is the most MiB a pixel file may take.
+      split: a plain split name (split expressions such as `train[:10%]` are not cached).
+      size: (H, W) to store the images resized to (see the module docstring); None stores
+        them as decoded. A resized file that does not fit falls back to the decoded size.
+
+    Returns:
+      a `PixelCachedSource`, or the TFDS source (decoding every read) when the images vary in
+      shape, the split does not fit, the split is an expression or the folder is read-only.
     """
     decoded = source.data_source(data_config, split)
     limit_mb = float(data_config.get("pixel_cache_mb", 0) or 0)
     if limit_mb < 0:
         raise ValueError(f"config.data.pixel_cache_mb={limit_mb:g}: expected >= 0 (0 = no cache).")
     shape = image_shape(data_config) if limit_mb > 0 else None
-    if shape is None or len(decoded) * int(np.prod(shape)) > limit_mb * 2**20:
+    if shape is None or any(ch in split for ch in "+[%:"):
         return decoded
-    path = cache_path(data_config, split)
-    expected = (len(decoded),) + shape
-    if not _valid(path, expected):
-        try:
-            _build(decoded, path, shape)
-        except OSError as e:
-            logging.warning("No pixel cache for %s (%s): decoding every image instead.", split, e)
-            return decoded
-    return PixelCachedSource(source.data_source(data_config, split, decode_image=False), path)
+    if size is not None:
+        size = (int(size[0]), int(size[1]))
+        if len(shape) != 3 or shape[2] != 3 or tuple(shape[:2]) == size:
+            size = None  # grayscale is made RGB before resizing; same size: nothing to store
+        else:
+            shape = size + (3,)
+    if size is not None and len(decoded) * int(np.prod(shape)) > limit_mb * 2**20:
+        return data_source(data_config, split)  # try the decoded size
+    if len(decoded) * int(np.prod(shape)) > limit_mb * 2**20:
+        return decoded
+    try:
+        pixels_file = cache_path(data_config, split, size)
+        features_file = features_path(data_config, split)
+        if not _valid_features(features_file, len(decoded)):
+            _build_features(
+                source.data_source(data_config, split, decode_image=False), features_file
+            )
+        if not _valid_pixels(pixels_file, (len(decoded),) + shape):
+            _build_pixels(decoded, pixels_file, shape, size)
+    except (OSError, ValueError) as e:
+        logging.warning("No pixel cache for %s (%s): decoding every image instead.", split, e)
+        return decoded
+    return PixelCachedSource(pixels_file, features_file)

@@ -144,7 +144,7 @@ def prepare(
         {"name": name, "builder_config": config, "data_dir": data_dir}
     )
     directory = source.dataset_dir(data_config)
-    for pattern in ("grefel_labels-*.npy", pixel_cache.CACHE_GLOB):
+    for pattern in ("grefel_labels-*.npy", *pixel_cache.CACHE_GLOBS):
         for stale in Path(directory).glob(pattern):
             stale.unlink()  # label and pixel caches of an earlier build
     info = source.dataset_info(data_config)
