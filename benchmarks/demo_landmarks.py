@@ -16,7 +16,9 @@ process) with `--config.seed=S` and one of:
 It reports the test split (`eval_test.json` of each run: best checkpoint by validation
 accuracy) as mean ± sample std over seeds, for the primary and the corrected output, and
 writes every run's numbers and wall time to `--output` (JSON) and a Markdown table beside it.
-Finished runs (their `eval_test.json` exists) are read, not re-run.
+Finished runs (their `eval_test.json` exists, or `--previous` holds their row) are read, not
+re-run: `--previous benchmarks/results/demo_landmarks.json --seeds 0,1,2,3,4` adds two seeds
+to an earlier report (its rows keep their own `wall_s`; the new rows say which report is new).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ _LANDMARKS = flags.DEFINE_string(
 )
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"Any of {list(VARIANTS)}.")
+_PREVIOUS = flags.DEFINE_string(
+    "previous", None, "An earlier report of this script whose rows count as finished runs."
+)
 _OUTPUT = flags.DEFINE_string(
     "output", "benchmarks/results/demo_landmarks.json", "JSON report (and .md beside it)."
 )
@@ -120,9 +125,16 @@ def main(argv):
     # Every run compiles the same programs: the persistent cache turns later compiles into reads.
     env.setdefault("JAX_COMPILATION_CACHE_DIR", str(workdir / "jax_cache"))
     landmarks = _pretrain(env) if "pretrained" in _VARIANTS.value else None
+    previous = {}
+    if _PREVIOUS.value:
+        earlier = json.loads(pathlib.Path(_PREVIOUS.value).read_text())
+        previous = {(r["variant"], r["seed"]): r for r in earlier["runs"]}
     rows = []
     for variant in _VARIANTS.value:
         for seed in _SEEDS.value:
+            if (variant, int(seed)) in previous:
+                rows.append({**previous[(variant, int(seed))], "source": _PREVIOUS.value})
+                continue
             run_dir = workdir / f"{variant}_seed{seed}"
             result_file = run_dir / "eval_test.json"
             seconds = None
@@ -137,12 +149,14 @@ def main(argv):
                 )
             result = json.loads(result_file.read_text())
             rows.append(
-                {"variant": variant, "seed": int(seed), "wall_s": seconds}
+                {"variant": variant, "seed": int(seed), "wall_s": seconds, "source": "this run"}
                 | {m: float(result[m]) for m in METRICS}
             )
     summary = _summary(rows)
     report = {
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "previous": _PREVIOUS.value,
         "landmarks": landmarks,
         "runs": rows,
         "summary": summary,
