@@ -18,7 +18,7 @@ accuracy) as mean ± sample std over seeds, for the primary and the corrected ou
 writes every run's numbers and wall time to `--output` (JSON) and a Markdown table beside it.
 Finished runs (their `eval_test.json` exists, or `--previous` holds their row) are read, not
 re-run: `--previous benchmarks/results/demo_landmarks.json --seeds 0,1,2,3,4` adds two seeds
-to an earlier report (its rows keep their own `wall_s`; the new rows say which report is new).
+to an earlier report (its rows keep their `wall_s` and `source`; new rows get `run <date>`).
 """
 
 from __future__ import annotations
@@ -94,7 +94,33 @@ def _summary(rows: list[dict]) -> dict:
     return out
 
 
-def _markdown(summary: dict, landmarks: dict | None) -> str:
+def _tests_against_pretrained(rows: list[dict]) -> dict:
+    """For each other variant and each accuracy: the paired t-test of the mean difference
+    (same seeds) and the one-sided F-test that its variance exceeds the pretrained one's."""
+    from scipy import stats  # benchmarks only (scikit-image, a test dependency, brings it)
+
+    by = {(r["variant"], r["seed"]): r for r in rows}
+    seeds = sorted({r["seed"] for r in rows if r["variant"] == "pretrained"})
+    out = {}
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        common = [s for s in seeds if (variant, s) in by]
+        if variant == "pretrained" or len(common) < 3:
+            continue
+        for m in ("primary/accuracy", "corrected/accuracy"):
+            p = np.array([by[("pretrained", s)][m] for s in common])
+            o = np.array([by[(variant, s)][m] for s in common])
+            ratio = float(o.var(ddof=1) / p.var(ddof=1))
+            out[f"{variant} {m}"] = {
+                "seeds": common,
+                "mean_difference": float((p - o).mean()),
+                "paired_t_p": float(stats.ttest_rel(p, o).pvalue),
+                "variance_ratio": ratio,
+                "f_test_p": float(stats.f.sf(ratio, len(common) - 1, len(common) - 1)),
+            }
+    return out
+
+
+def _markdown(summary: dict, landmarks: dict | None, tests: dict) -> str:
     lines = [
         "| landmark network | accuracy primary | accuracy corrected | macro-F1 primary "
         "| macro-F1 corrected |",
@@ -112,6 +138,17 @@ def _markdown(summary: dict, landmarks: dict | None) -> str:
             f"\nPretrained network: test NME {landmarks['nme']:.4f} on "
             f"{landmarks['num_examples']} faces."
         )
+    if tests:
+        lines += [
+            "\nPretrained against each other variant, same seeds:\n",
+            "| comparison | mean difference | paired t-test p | variance ratio | F-test p |",
+            "|---|---|---|---|---|",
+        ]
+        for name, t in tests.items():
+            lines.append(
+                f"| {name} | {t['mean_difference']:+.4f} | {t['paired_t_p']:.3f} "
+                f"| {t['variance_ratio']:.1f} | {t['f_test_p']:.4f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -129,11 +166,14 @@ def main(argv):
     if _PREVIOUS.value:
         earlier = json.loads(pathlib.Path(_PREVIOUS.value).read_text())
         previous = {(r["variant"], r["seed"]): r for r in earlier["runs"]}
+    today = time.strftime("%Y-%m-%d", time.gmtime())
     rows = []
     for variant in _VARIANTS.value:
         for seed in _SEEDS.value:
             if (variant, int(seed)) in previous:
-                rows.append({**previous[(variant, int(seed))], "source": _PREVIOUS.value})
+                rows.append(
+                    {"source": f"--previous {_PREVIOUS.value}"} | previous[(variant, int(seed))]
+                )
                 continue
             run_dir = workdir / f"{variant}_seed{seed}"
             result_file = run_dir / "eval_test.json"
@@ -149,10 +189,11 @@ def main(argv):
                 )
             result = json.loads(result_file.read_text())
             rows.append(
-                {"variant": variant, "seed": int(seed), "wall_s": seconds, "source": "this run"}
+                {"variant": variant, "seed": int(seed), "wall_s": seconds, "source": f"run {today}"}
                 | {m: float(result[m]) for m in METRICS}
             )
     summary = _summary(rows)
+    tests = _tests_against_pretrained(rows) if "pretrained" in _VARIANTS.value else {}
     report = {
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
@@ -160,11 +201,12 @@ def main(argv):
         "landmarks": landmarks,
         "runs": rows,
         "summary": summary,
+        "tests_against_pretrained": tests,
     }
     output = pathlib.Path(_OUTPUT.value)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
-    table = _markdown(summary, landmarks)
+    table = _markdown(summary, landmarks, tests)
     output.with_suffix(".md").write_text(table)
     print(table)
 
