@@ -62,7 +62,8 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.num_workers = 0  # grain worker processes (0 = in the main process)
     c.prefetch = 2  # batches prepared ahead of the step (per worker)
     c.read_threads = 1  # threads preparing batches (more fight over the GIL on small hosts)
-    # Decode a split's images once into a uint8 file beside the prepared data when they all
-    # have one shape and fit in this many MiB (0 = always decode); data/pixel_cache.py.
+    # Read a split once into a uint8 pixel file (plus a file of its other features) beside the
+    # prepared data when its images all have one shape and fit in this many MiB (0 = always
+    # read and decode the ArrayRecord files); data/pixel_cache.py.
     c.pixel_cache_mb = 2048
     return c

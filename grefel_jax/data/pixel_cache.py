@@ -186,18 +186,23 @@ def data_source(data_config, split: str, *, size: tuple[int, int] | None = None)
     limit_mb = float(data_config.get("pixel_cache_mb", 0) or 0)
     if limit_mb < 0:
         raise ValueError(f"config.data.pixel_cache_mb={limit_mb:g}: expected >= 0 (0 = no cache).")
-    shape = image_shape(data_config) if limit_mb > 0 else None
-    if shape is None or any(ch in split for ch in "+[%:"):
+    stored = image_shape(data_config) if limit_mb > 0 else None
+    if stored is None or source.is_split_expression(split):
         return decoded
+
+    def fits(shape):
+        return len(decoded) * int(np.prod(shape)) <= limit_mb * 2**20
+
+    shape = stored
     if size is not None:
         size = (int(size[0]), int(size[1]))
-        if len(shape) != 3 or shape[2] != 3 or tuple(shape[:2]) == size:
-            size = None  # grayscale is made RGB before resizing; same size: nothing to store
-        else:
+        # Stored as decoded instead when the images are grayscale (made RGB before any resize),
+        # already at `size`, or when the resized file would not fit.
+        if len(stored) == 3 and stored[2] == 3 and stored[:2] != size and fits(size + (3,)):
             shape = size + (3,)
-    if size is not None and len(decoded) * int(np.prod(shape)) > limit_mb * 2**20:
-        return data_source(data_config, split)  # try the decoded size
-    if len(decoded) * int(np.prod(shape)) > limit_mb * 2**20:
+        else:
+            size = None
+    if not fits(shape):
         return decoded
     try:
         pixels_file = cache_path(data_config, split, size)

@@ -86,6 +86,11 @@ def load_builder(data_config):
     return _builder_at(str(dataset_dir(data_config)))
 
 
+def is_split_expression(split: str) -> bool:
+    """True for a TFDS split expression (`train[:10%]`, `train+validation`), False for a name."""
+    return any(ch in split for ch in "+[%:")
+
+
 def data_source(data_config, split: str, *, decode_image: bool = True):
     """Random-access source of `split`: `len()` and `[i]` -> dict of numpy features.
 
@@ -93,8 +98,7 @@ def data_source(data_config, split: str, *, decode_image: bool = True):
     and for decoding inside pipeline workers).
     """
     builder = load_builder(data_config)
-    plain = not any(ch in split for ch in "+[%:")  # TFDS split expressions are allowed
-    if plain and split not in builder.info.splits:
+    if not is_split_expression(split) and split not in builder.info.splits:
         raise KeyError(
             f"Split {split!r} not in {data_config.name}; available: {list(builder.info.splits)}."
         )
