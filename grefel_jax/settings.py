@@ -105,3 +105,49 @@ def run_length(config, train_size: int) -> RunLength:
 def sam_rho(config) -> float:
     """SAM radius of the optimizer section: 0 when SAM is off."""
     return float(config.optim.sam_rho) if config.optim.sam else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    """What the training loop (`grefel_jax.loop`) reads of the config.
+
+    Attributes:
+      seed: the run seed (initial weights, dropout, data order).
+      batch_size: the global batch.
+      keep_checkpoints: the last N checkpoints kept (plus the best).
+      async_checkpoints: save in the background.
+      init_from: pretrained sources merged into a fresh state, in order (`init_from_sources`).
+    """
+
+    seed: int
+    batch_size: int
+    keep_checkpoints: int
+    async_checkpoints: bool
+    init_from: tuple[str, ...]
+
+
+def init_from_sources(value) -> tuple[str, ...]:
+    """`config.init_from` as a tuple: '' = none; several sources are separated by commas
+    (`runs/identity,runs/landmarks`); `package:NAME` names a packaged backbone."""
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        parts = [str(v) for v in value]
+    else:
+        parts = str(value).split(",")
+    return tuple(p.strip() for p in parts if p.strip())
+
+
+def loop_settings(config) -> LoopSettings:
+    """LoopSettings of a run config (GReFEL training or a pretraining)."""
+    if config.keep_checkpoints < 1:
+        raise ValueError(f"config.keep_checkpoints={config.keep_checkpoints} must be >= 1.")
+    if config.batch_size <= 0:
+        raise ValueError(f"config.batch_size={config.batch_size} must be positive.")
+    return LoopSettings(
+        seed=int(config.seed),
+        batch_size=int(config.batch_size),
+        keep_checkpoints=int(config.keep_checkpoints),
+        async_checkpoints=bool(config.async_checkpoints),
+        init_from=init_from_sources(config.init_from),
+    )

@@ -17,7 +17,11 @@ from grefel_jax.checkpoints.inference import (
 )
 from grefel_jax.checkpoints.lock import WorkdirBusyError, WorkdirLock
 from grefel_jax.checkpoints.paths import CheckpointError, absolute_path
-from grefel_jax.checkpoints.pretrained import merge_pretrained
+from grefel_jax.checkpoints.pretrained import (
+    merge_pretrained,
+    merge_pretrained_sources,
+    resolve_source,
+)
 from grefel_jax.checkpoints.record import ModelRecord, default_preprocessing
 from grefel_jax.checkpoints.shapes import check_variable_shapes, expected_variable_shapes
 from grefel_jax.checkpoints.training import TrainCheckpointer, readable_step_order, write_record
@@ -34,8 +38,10 @@ __all__ = [
     "expected_variable_shapes",
     "load_inference_checkpoint",
     "merge_pretrained",
+    "merge_pretrained_sources",
     "read_step_record",
     "readable_step_order",
+    "resolve_source",
     "restore_numpy",
     "save_inference_checkpoint",
     "write_record",

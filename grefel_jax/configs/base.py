@@ -182,3 +182,36 @@ def landmark_pretrain_config(name: str, builder_config: str | None) -> ml_collec
     config.landmarks.smooth_l1_beta = 0.01
     config.landmarks.report_split = "test"  # held out: W/landmarks_eval.json and .png
     return config
+
+
+def identity_pretrain_config(name: str, builder_config: str | None) -> ml_collections.ConfigDict:
+    """The base of `python -m grefel_jax.pretrain identity` recipes: IR-50 + fourth stage +
+    embedding + margin head on one prepared identity dataset (`synthetic_identities`, or a
+    user's `identity_folder`).
+
+    The sections mean what they mean in training (model variant and backbone overrides, data
+    and augmentation, optimizer, mesh, run length, checkpoints); the backbone is in the
+    `backbone` optimizer group (`optim.lr_backbone`), the margin head in `head`
+    (`optim.lr_head`). `init_from` may name a converted face.evoLVe `ir50.pth` to start
+    from. `identity` holds the margin loss, the embedding and the verification protocol.
+    """
+    config = get_base_config()
+    config.data.name = name
+    config.data.builder_config = builder_config
+    config.data.eval_split = "validation"  # held-out identities: the best checkpoint
+    config.data.augment.random_erasing_p = 0.0
+    config.best_metric = "verification_accuracy"  # kept: the best on validation identities
+    config.identity = ml_collections.ConfigDict()
+    config.identity.loss = "cosface"  # 'cosface' | 'arcface' (grefel_jax.identity.losses)
+    config.identity.scale = 30.0  # s
+    config.identity.margin = 0.35  # m (CosFace: cosine units; ArcFace: radians, e.g. 0.5)
+    config.identity.margin_warmup_steps = 0  # m rises from 0 over these steps
+    # Fourth stage and embedding: None = the variant's IDENTITY_SIZES (tiny: 1 unit, 128-d;
+    # paper: 3 units, 512-d, face.evoLVe's IR-50).
+    config.identity.stage4_units = placeholder(int)
+    config.identity.embedding_dim = placeholder(int)
+    config.identity.embedding_dropout = 0.0
+    config.identity.flip_test = True  # embeddings of the image plus its mirror image
+    config.identity.pairs_per_fold = 300  # LFW: 10 folds of 300 same + 300 different pairs
+    config.identity.report_split = "test"  # held out: W/identity_eval.json and .png
+    return config

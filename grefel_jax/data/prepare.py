@@ -39,7 +39,8 @@ def _define_flags() -> None:
         "config",
         None,
         "Builder config: image size for synthetic_faces ('96', 'demo_96', '64', '224', "
-        "'tiny_64'), '7' or '8' for affectnet, a name of your choice for image_folder.",
+        "'tiny_64'), '96' or 'tiny_64' for synthetic_identities, '7' or '8' for affectnet, a "
+        "name of your choice for image_folder and identity_folder.",
     )
     flags.DEFINE_string("manual_dir", None, "Folder with the official files (manual datasets).")
     flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "Where prepared datasets go.")
@@ -71,6 +72,9 @@ def _make_builder(name, config, data_dir, skip_corrupt, manual_dir=None, aligner
         kwargs["config"] = cls.make_config(config or "default")
         kwargs["manual_dir"] = manual_dir
         kwargs["aligner"] = aligner
+    elif name == "identity_folder":
+        kwargs["config"] = cls.make_config(config or "default")
+        kwargs["manual_dir"] = manual_dir
     elif config is not None:
         kwargs["config"] = config
     if name not in builders.GENERATED:
@@ -108,9 +112,10 @@ def prepare(
 
     data_dir = os.path.expanduser(data_dir)
     cls = builders.get_builder_class(name)
-    if name == "image_folder" and config is None:
+    user_named = name in ("image_folder", "identity_folder")  # the config is the user's name
+    if user_named and config is None:
         config = "default"
-    config = source.resolve_config_name(name, config) if name != "image_folder" else config
+    config = source.resolve_config_name(name, config) if not user_named else config
     if align is not None and name != "image_folder":
         raise align_folder.AlignOptionError(f"--align prepares image_folder, not {name}.")
     if name == "image_folder":
@@ -204,17 +209,30 @@ def _build_failure(name: str, error: BaseException) -> str:
     return f"building {name} failed: {type(cause).__name__}: {cause}"
 
 
+# More classes than this (identity datasets) are summarised per split, not listed.
+_MAX_CLASS_ROWS = 50
+
+
 def format_summary(info, summary: dict) -> str:
     """Human-readable table of split sizes and per-class counts."""
-    width = max(len(n) for n in info.class_names)
     lines = [f"Prepared {info.full_name} in {summary['dir']} ({summary['seconds']:.1f} s)"]
     splits = list(summary["splits"])
-    lines.append(" " * (width + 2) + "".join(f"{s:>12}" for s in splits))
-    for c, class_name in enumerate(info.class_names):
-        row = "".join(f"{int(summary['class_counts'][s][c]):>12}" for s in splits)
-        lines.append(f"  {class_name:<{width}}{row}")
-    total = "".join(f"{summary['splits'][s]:>12}" for s in splits)
-    lines.append(f"  {'total':<{width}}{total}")
+    if len(info.class_names) > _MAX_CLASS_ROWS:  # identities: one line per split
+        for s in splits:
+            present = summary["class_counts"][s][summary["class_counts"][s] > 0]
+            lines.append(
+                f"  {s}: {summary['splits'][s]:,} images of {len(present):,} classes "
+                f"({int(present.min()) if len(present) else 0}-"
+                f"{int(present.max()) if len(present) else 0} per class)"
+            )
+    else:
+        width = max(len(n) for n in info.class_names)
+        lines.append(" " * (width + 2) + "".join(f"{s:>12}" for s in splits))
+        for c, class_name in enumerate(info.class_names):
+            row = "".join(f"{int(summary['class_counts'][s][c]):>12}" for s in splits)
+            lines.append(f"  {class_name:<{width}}{row}")
+        total = "".join(f"{summary['splits'][s]:>12}" for s in splits)
+        lines.append(f"  {'total':<{width}}{total}")
     official = summary.get("official_sizes")
     if official:
         expected = ", ".join(f"{k} {v:,}" for k, v in official.items())

@@ -58,6 +58,7 @@ __all__ = [  # the public API; the AU and landmark names are defined in face_geo
     "label_for_index",
     "render_face",
     "sample_action_units",
+    "sample_identity",
 ]
 
 CLASS_NAMES = classes.SYNTHETIC_FACES
@@ -141,6 +142,19 @@ def sample_action_units(
     return aus.astype(np.float32), intensity
 
 
+def sample_identity(identity_seed: int | tuple[int, ...]) -> Identity:
+    """The identity of `identity_seed`: the same face shape, skin, hair, eye, brow, nose and
+    mouth geometry on every call, whatever else is drawn with it.
+
+    Args:
+      identity_seed: anything `np.random.default_rng` accepts; one seed = one identity.
+
+    Returns:
+      The Identity (its parameters in canonical units; see `face_geometry.Identity`).
+    """
+    return Identity(np.random.default_rng(identity_seed))
+
+
 @functools.cache
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
     """(size, size) RGB background: a bilinear blend of four random corner colours."""
@@ -155,6 +169,7 @@ def render_face(
     image_size: int = 96,
     difficulty: Difficulty = DEFAULT_DIFFICULTY,
     supersample: int | None = None,
+    identity: Identity | None = None,
 ) -> dict[str, np.ndarray]:
     """Draws one face.
 
@@ -165,6 +180,10 @@ def render_face(
       difficulty: intensity and noise knobs.
       supersample: draw at this multiple of S and downsample (anti-aliasing). None: 2 up to
         S = 128 (thin strokes need it), 1 above (fast enough to generate >= 300 images/s).
+      identity: the face's identity (`sample_identity`), so that one identity can be drawn
+        many times under other expressions, poses, lighting and backgrounds. None (the
+        expression datasets): drawn from `seed` together with everything else, as first
+        in the generator's stream, so those datasets are unchanged by this argument.
 
     Returns:
       dict with `image` (S, S, 3) uint8, `landmarks` (NUM_LANDMARKS, 2) float32 pixel (x, y),
@@ -173,7 +192,7 @@ def render_face(
     if supersample is None:
         supersample = 2 if image_size <= 128 else 1
     rng = np.random.default_rng(seed)
-    ident = Identity(rng)
+    ident = Identity(rng) if identity is None else identity
     aus, intensity = sample_action_units(rng, label, difficulty)
     geo = face_geometry(ident, aus)
 
