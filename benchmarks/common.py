@@ -4,13 +4,12 @@ the jitted train step of `build_trainer` on random inputs (no dataset needed).""
 from __future__ import annotations
 
 import pathlib
-import platform
 import statistics
 
 import jax
 import numpy as np
 
-from grefel_jax import sharding
+from grefel_jax import logging_utils, sharding
 from grefel_jax.configs import base
 from grefel_jax.data.source import DatasetInfo
 from grefel_jax.trainer import build_trainer
@@ -27,14 +26,8 @@ def cpu_pressure() -> str:
 
 
 def cpu_name() -> str:
-    """The CPU model name from /proc/cpuinfo (what `lscpu` prints), or the platform string."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    """The CPU model name (what `lscpu` prints): `logging_utils.cpu_name`."""
+    return logging_utils.cpu_name()
 
 
 def summary(times: list[float]) -> dict:

@@ -131,6 +131,17 @@ class ProgressLogger:
         return text
 
 
+def cpu_name() -> str:
+    """The CPU model name from /proc/cpuinfo (what `lscpu` prints), or the platform string."""
+    try:
+        for line in epath.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages that matter for reproducing a run."""
     versions = {"python": platform.python_version()}

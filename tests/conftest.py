@@ -33,6 +33,25 @@ def tiny_faces_config(tmp_path_factory):
     return config
 
 
+@pytest.fixture(scope="session")
+def tiny_identities_config(tmp_path_factory):
+    """`config.data` of synthetic_identities/tiny_64 (12 train identities x 4 images, 20 + 20
+    held-out identities x 3, 64x64), prepared once into a session temporary folder."""
+    from grefel_jax.data.config import get_data_config
+    from grefel_jax.data.prepare import prepare
+
+    data_dir = str(tmp_path_factory.mktemp("tiny_identities"))
+    prepare("synthetic_identities", data_dir=data_dir, config="tiny_64", verbose=False)
+    config = get_data_config()
+    config.name = "synthetic_identities"
+    config.builder_config = "tiny_64"
+    config.data_dir = data_dir
+    config.eval_split = "validation"
+    config.augment.resize_crop = False
+    config.augment.random_erasing_p = 0.0
+    return config
+
+
 # The longest files go first, longest first (measured in the suite on 2 cores, 2026-12-04:
 # test_train 2.5-3.5 min, test_multiprocess about 2, then 0.5-1.5 min each), so that under
 # `pytest -n 2 --dist loadfile` (make test) the short files fill in around them at the end,

@@ -3,9 +3,10 @@
 The layout of CASIA-WebFace, DigiFace-1M and most identity sets: one folder per identity,
 no splits. The builder holds out identities (never images of a trained identity) for face
 verification: identities are ordered by a hash of their folder name, and the first
-`held_out_count(N)` of them (5 %, at least 4) are held out, the first half as `validation`,
-the rest as `test`; all others are `train`. The rule depends only on the names, so adding
-identities to the folder moves no other identity between splits.
+`held_out_count(N)` of them (5 %, at least 40: 20 per held-out split, the least that 10
+verification folds of 2 identities need) are held out, alternately as `validation` and
+`test`; all others are `train`. The split depends only on the identity names, not on file
+order or the machine.
 
 Labels share one space: train identities are 0 .. I-1 in name order (the margin loss's
 classes), then the validation and the test identities. The builder config is a name of your
@@ -27,12 +28,13 @@ from grefel_jax.data.builders.image_folder import IMAGE_SUFFIXES
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Put the images in the manual directory as <identity>/<image>, one folder per person, e.g.
   0000045/001.jpg   0000045/002.jpg   0000099/001.jpg ...   (CASIA-WebFace, DigiFace-1M)
-5 % of the identities (at least 4) are held out for face verification; at least 6 identities
-with 2 or more images each are needed. Images are converted to RGB; align them the way the
-model will see faces (e.g. 112x112 ArcFace crops).
+5 % of the identities (at least 40) are held out for face verification; at least 42
+identities with 2 or more images each are needed. Images are converted to RGB; align them the
+way the model will see faces (e.g. 112x112 ArcFace crops).
 """
 HELD_OUT_FRACTION = 0.05
-MIN_HELD_OUT = 4
+# 10 verification folds of at least 2 identities, in each of validation and test.
+MIN_HELD_OUT = 40
 MIN_IDENTITIES = MIN_HELD_OUT + 2
 
 
@@ -54,8 +56,8 @@ def split_identities(names: list[str]) -> dict[str, list[str]]:
     """{split: sorted identity names}: held out by name hash (module doc), the rest train."""
     by_hash = sorted(names, key=lambda n: (_hash(n), n))
     held = held_out_count(len(names))
-    validation = by_hash[: held // 2]
-    test = by_hash[held // 2 : held]
+    validation = by_hash[:held:2]
+    test = by_hash[1:held:2]
     train = by_hash[held:]
     return {"train": sorted(train), "validation": sorted(validation), "test": sorted(test)}
 
