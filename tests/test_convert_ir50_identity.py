@@ -267,6 +267,28 @@ def test_identity_checkpoint_is_init_from_of_identity_pretraining_and_grefel(tmp
     )
 
 
+def test_init_from_refuses_another_fourth_stage_depth(tmp_path):
+    """A fourth stage of 2 units does not load silently into an IdentityNet of 1 unit: the
+    skipping of `body4_*` is for models without a fourth stage (GReFEL) only."""
+    from flax.traverse_util import unflatten_dict
+
+    from grefel_jax.checkpoints import CheckpointError
+
+    b = TINY.backbone
+    deeper = ref.IR50Backbone(b.dims, b.ir_units, b.image_size // 2, naming="body", stage4_units=2)
+    src = save_state_dict(deeper, tmp_path / "ir50.pth")
+    out = tmp_path / "identity"
+    convert("ir50_identity", [src], out, variant="tiny")
+    shapes = identity_expected_shapes(
+        TINY.backbone, SIZES["stage4_units"], SIZES["embedding_dim"], NUM_IDENTITIES
+    )
+    fresh = unflatten_dict({(c, *p): np.zeros(s, np.float32) for (c, p), s in shapes.items()})
+    with pytest.raises(CheckpointError, match="body4_1.*not in the model"):
+        merge_pretrained(fresh, out)
+    grefel = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), expected_variable_shapes(TINY))
+    assert merge_pretrained(grefel, out)[1] == ["ir_back"]  # GReFEL: stages 1-3, as before
+
+
 def _meta_state(module) -> dict[str, np.ndarray]:
     """Shapes and dtypes of a meta-device state_dict as zero-memory numpy arrays."""
     dtypes = {torch.float32: np.float32, torch.int64: np.int64}
