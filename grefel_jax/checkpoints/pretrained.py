@@ -53,9 +53,15 @@ def resolve_source(source: str) -> str:
     return str(path)
 
 
-def _not_in_grefel(key: tuple[str, ...]) -> bool:
+def _left_out(key: tuple[str, ...], model_keys) -> bool:
+    """Whether `key` is on `NOT_IN_GREFEL` and the model has none of its group. A model that
+    builds the group (the identity network's `body4_*`) must match it key for key: a
+    fourth stage of 2 units must not load silently into one of 1 unit."""
     path = "/".join(key)
-    return any(p.match(path) for p in NOT_IN_GREFEL)
+    for pattern in NOT_IN_GREFEL:
+        if pattern.match(path):
+            return not any(pattern.match("/".join(k)) for k in model_keys)
+    return False
 
 
 def merge_pretrained(
@@ -70,8 +76,9 @@ def merge_pretrained(
 
     Returns:
       `(variables, loaded_modules)`: the merged variables (numpy for loaded leaves) and the
-      sorted top-level module names that were loaded. Subtrees on `NOT_IN_GREFEL` that the
-      model lacks are left out. Every loaded array must match the shape of the array it
+      sorted top-level module names that were loaded. Subtrees on `NOT_IN_GREFEL` are left
+      out when the model has none of their group (GReFEL has no `body4_*`); a model that
+      has the group must match it. Every loaded array must match the shape of the array it
       replaces; a mismatch or an unknown key raises CheckpointError naming `path`.
     """
     merged, loaded = _merge(init_variables, resolve_source(str(path)), str(path))
@@ -120,7 +127,7 @@ def _merge(init_variables, path: str, name: str):
     for collection in ("params", "batch_stats"):
         base = flatten_dict(init_variables.get(collection, {}))
         new = flatten_dict(loaded.get(collection, {}))
-        new = {k: v for k, v in new.items() if k in base or not _not_in_grefel(k)}
+        new = {k: v for k, v in new.items() if k in base or not _left_out(k, base)}
         collection_problems = shape_problems(new, base, collection)
         problems += collection_problems
         if not collection_problems:

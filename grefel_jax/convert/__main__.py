@@ -13,6 +13,12 @@ Examples:
     # One backbone only (partial checkpoint).
     python -m grefel_jax.convert --kind ir50 --src ir50.pth --out weights/ir50
 
+    # face.evoLVe's whole IR-50 (fourth stage, output_layer) and its ArcFace head, for
+    # --config.init_from of `python -m grefel_jax.pretrain identity` (or of GReFEL training,
+    # which loads stages 1-3). The way back: python -m grefel_jax.convert.export_ir50.
+    python -m grefel_jax.convert --kind ir50_identity --src ir50.pth \
+        --src Head_ArcFace.pth --out weights/ir50_identity
+
     # ARBEx: the three files of one best iteration.
     python -m grefel_jax.convert --kind arbex --src vit.best.1000.pth \
         --src classifier.best.1000.pth --src anchors.best.1000.pth --out weights/arbex
@@ -39,7 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kind", required=True, choices=KINDS, help="what the source file(s) hold")
     p.add_argument(
-        "--src", required=True, action="append", help="source file (repeat for backbones, arbex)"
+        "--src",
+        required=True,
+        action="append",
+        help="source file (repeat for backbones, arbex, and ir50_identity's head file)",
     )
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
     p.add_argument("--variant", default="paper", help="model size preset (default: paper)")
@@ -77,9 +86,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     meta, cfg = result.metadata, result.model_config
     print(f"wrote {args.out}")
-    print(
-        f"  model: variant={args.variant} head={cfg.head.kind} num_classes={cfg.head.num_classes}"
-    )
+    if "identity" in meta:
+        sizes = meta["identity"]
+        head = (
+            f"margin head of {sizes['num_identities']} identities"
+            if sizes["num_identities"]
+            else "no margin head"
+        )
+        print(
+            f"  identity network: variant={args.variant} image_size={cfg.backbone.image_size}, "
+            f"fourth-stage units {sizes['stage4_units']}, embedding {sizes['embedding_dim']}, "
+            f"{head}"
+        )
+    else:
+        print(
+            f"  model: variant={args.variant} head={cfg.head.kind} "
+            f"num_classes={cfg.head.num_classes}"
+        )
     print(f"  loaded {meta['num_loaded_tensors']} tensors into {', '.join(meta['filled_modules'])}")
     reasons = collections.Counter(meta["unused_source_tensors"].values())
     for reason, count in sorted(reasons.items()):

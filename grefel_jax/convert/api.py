@@ -4,27 +4,37 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from grefel_jax.convert import arbex as arbex_lib
 from grefel_jax.convert.common import (
+    UNUSED_PATTERNS,
     ConversionError,
     expected_shapes,
     fill_variables,
     read_state_dict,
     wrong_kind,
 )
-from grefel_jax.convert.ir50 import ir50_sources
+from grefel_jax.convert.ir50 import (
+    IDENTITY_UNUSED_PATTERNS,
+    MARGIN_HEAD,
+    identity_expected_shapes,
+    identity_image_size,
+    identity_sources,
+    ir50_sources,
+    margin_head_sources,
+)
 from grefel_jax.convert.mobilefacenet import mobilefacenet_sources
 from grefel_jax.convert.poster_v2 import poster_v2_num_classes, poster_v2_sources
 from grefel_jax.models import names
 
-KINDS = ("ir50", "mobilefacenet", "backbones", "poster_v2", "arbex")
+KINDS = ("ir50", "ir50_identity", "mobilefacenet", "backbones", "poster_v2", "arbex")
 # Head preset used when --head is not given.
 DEFAULT_HEADS = {
     "ir50": "grefel",
+    "ir50_identity": "grefel",
     "mobilefacenet": "grefel",
     "backbones": "grefel",
     "poster_v2": "poster",
@@ -33,6 +43,7 @@ DEFAULT_HEADS = {
 # Number of --src files per kind: (min, max).
 _NUM_FILES = {
     "ir50": (1, 1),
+    "ir50_identity": (1, 2),
     "mobilefacenet": (1, 1),
     "backbones": (2, 2),
     "poster_v2": (1, 1),
@@ -60,11 +71,14 @@ def build(
     """Reads the official file(s) of `kind` and returns our variables for them.
 
     Args:
-      kind: 'ir50', 'mobilefacenet', 'backbones' (an IR-50 file and a MobileFaceNet file,
-        in either order, into one checkpoint for `init_from`), 'poster_v2' or 'arbex'.
+      kind: 'ir50', 'ir50_identity' (face.evoLVe's whole IR-50 for identity pretraining:
+        stages 1-4, output_layer and optionally the margin head), 'mobilefacenet',
+        'backbones' (an IR-50 file and a MobileFaceNet file, in either order, into one
+        checkpoint for `init_from`), 'poster_v2' or 'arbex'.
       sources: the file(s): one for ir50 / mobilefacenet / poster_v2; two for backbones;
-        for 'arbex' the vit file plus optionally the classifier, anchors and SelfAttn files
-        (any order).
+        for 'ir50_identity' the `ir50.pth` plus optionally face.evoLVe's head file (any
+        order); for 'arbex' the vit file plus optionally the classifier, anchors and SelfAttn
+        files (any order).
       variant: model size preset ('paper' for the released weights; 'tiny' for tests).
       head: head preset ('poster', 'grefel', 'arbex_code'); default per kind (poster_v2:
         'poster', arbex: 'arbex_code', backbones: 'grefel'). A head the file does not carry
@@ -73,13 +87,12 @@ def build(
 
     Returns:
       Converted(variables, model_config, metadata). Partial conversions (backbones only)
-      hold only the filled top-level modules; `metadata['partial']` says so.
+      hold only the filled top-level modules; `metadata['partial']` says so. For
+      'ir50_identity', `metadata['identity']` holds `stage4_units`, `embedding_dim` and
+      `num_identities` (0 without a head file).
     """
-    from grefel_jax.models.config import make_model_config
-
     if kind not in KINDS:
         raise ConversionError(f"--kind={kind!r}: expected one of {KINDS}.")
-    head = head or DEFAULT_HEADS[kind]
     files = [str(s) for s in sources]
     if not files:
         raise ConversionError("--src: give at least one file.")
@@ -91,11 +104,39 @@ def build(
         want = str(low) if low == high else f"{low} to {high}"
         raise ConversionError(f"--kind={kind} takes {want} --src file(s), got {len(files)}.")
     states = {f: read_state_dict(f) for f in files}
+    return build_from_state_dicts(kind, states, variant=variant, head=head, num_classes=num_classes)
+
+
+def build_from_state_dicts(
+    kind: str,
+    states: Mapping[str, Mapping[str, Any]],
+    *,
+    variant: str = "paper",
+    head: str | None = None,
+    num_classes: int | None = None,
+) -> Converted:
+    """`build` on state_dicts already in memory: `{name: {key: numpy array}}`, the names
+    standing for the files in messages and in the record (`build` checks the file count)."""
+    from grefel_jax.models.config import make_model_config
+
+    if kind not in KINDS:
+        raise ConversionError(f"--kind={kind!r}: expected one of {KINDS}.")
+    head = head or DEFAULT_HEADS[kind]
+    files = list(states)
 
     allow_missing: tuple[str, ...] = ()
     explicit = None
     extra_unused: dict[str, str] = {}
-    if kind in ("ir50", "mobilefacenet", "backbones"):
+    expected = None
+    unused_patterns = UNUSED_PATTERNS
+    identity: dict[str, int] = {}
+    if kind == "ir50_identity":
+        config, canonical, explicit, expected, identity = _identity_plan(
+            states, variant, head, num_classes
+        )
+        modules = {names.IMAGE_BACKBONE, *([MARGIN_HEAD] if identity["num_identities"] else [])}
+        unused_patterns = IDENTITY_UNUSED_PATTERNS
+    elif kind in ("ir50", "mobilefacenet", "backbones"):
         config = make_model_config(variant, head, num_classes or 7)
         canonical, modules = {}, set()
         for file in files:
@@ -125,19 +166,26 @@ def build(
         explicit=explicit,
         allow_missing=allow_missing,
         extra_unused=extra_unused,
+        expected=expected,
+        unused_patterns=unused_patterns,
     )
-    all_modules = _top_modules(config)
+    # An identity network is never a whole GReFEL model (margin_head is not GReFEL's).
+    partial = bool(identity) or set(modules) != _top_modules(config)
     metadata = {
         "converter": "grefel_jax.convert",
         "kind": kind,
         "sources": files,
         "converted_at": datetime.datetime.now(datetime.UTC).isoformat(),
         "filled_modules": sorted(modules),
-        "partial": set(modules) != all_modules,
+        "partial": partial,
         "num_loaded_tensors": len(result.used),
         "unused_source_tensors": result.unused,
         "not_loaded": result.not_loaded,
     }
+    if identity:
+        # What the identity network around `ir_back` needs (`identity_variables_config`);
+        # num_identities is 0 when no head file was given (`margin_head` not written).
+        metadata["identity"] = identity
     return Converted(result.variables, config, metadata)
 
 
@@ -174,6 +222,53 @@ def _backbone_sources(kind: str, state, file: str, config) -> tuple[str, dict]:
         return names.LANDMARK_NET, mobilefacenet_sources(state, file)
     except ConversionError:
         raise wrong_kind(file, state, "IR-50 or MobileFaceNet") from None
+
+
+def _identity_plan(states, variant, head, num_classes):
+    """(config, canonical sources, explicit head map, expected IdentityNet shapes, identity
+    sizes) of `--kind ir50_identity`: the `body.N` backbone file and an optional head file.
+
+    The config is the variant's GReFEL ModelConfig (its backbone is what identity
+    pretraining records) at the input size the file's `output_layer` was made for.
+    """
+    from grefel_jax.models.config import make_model_config
+
+    base = make_model_config(variant, head, num_classes or 7)
+    backbones = [f for f, state in states.items() if "input_layer.0.weight" in state]
+    heads = [f for f in states if f not in backbones]
+    if len(backbones) != 1:
+        raise ConversionError(
+            f"--kind ir50_identity takes one IR-50 file (and optionally its head file); "
+            f"got {len(backbones)} IR-50 files: {backbones or sorted(states)}."
+        )
+    (file,) = backbones
+    config = base
+    if "output_layer.3.weight" in states[file]:
+        size = identity_image_size(states[file], file, base.backbone.dims)
+        if size != base.backbone.image_size:
+            config = make_model_config(
+                variant, head, num_classes or 7, backbone_overrides={"image_size": size}
+            )
+    canonical, stage4_units, embedding_dim = identity_sources(
+        states[file], file, config.backbone.ir_units
+    )
+    explicit: dict = {}
+    num_identities = 0
+    for head_file in heads:
+        head_sources, explicit, num_identities = margin_head_sources(
+            states[head_file], head_file, embedding_dim
+        )
+        canonical.update(head_sources)
+    # Without a head file the margin head's size is unknown; 1 stands in (it is not filled).
+    expected = identity_expected_shapes(
+        config.backbone, stage4_units, embedding_dim, num_identities or 1
+    )
+    sizes = {
+        "stage4_units": stage4_units,
+        "embedding_dim": embedding_dim,
+        "num_identities": num_identities,
+    }
+    return config, canonical, explicit, expected, sizes
 
 
 def _top_modules(config) -> set[str]:

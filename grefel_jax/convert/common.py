@@ -131,7 +131,14 @@ def describe_keys(keys: Iterable[str]) -> str:
     if has("attn_fn.") and has("Q."):
         return "an ARBEx SelfAttn state_dict (use --kind arbex)"
     if "input_layer.0.weight" in keys and (has("body.") or has("body1.") or has("net_1.")):
+        if has("body.") and has("output_layer."):
+            return (
+                "an IR-50 backbone checkpoint (use --kind ir50, or --kind ir50_identity for "
+                "the whole face.evoLVe identity network)"
+            )
         return "an IR-50 backbone checkpoint (use --kind ir50)"
+    if keys in ({"weight"}, {"kernel"}):
+        return "a face.evoLVe margin head (use --kind ir50_identity with its backbone file)"
     if has("conv_23.") or has("conv_6_sep.") or has("path_1."):
         return "a MobileFaceNet landmark checkpoint (use --kind mobilefacenet)"
     sample = ", ".join(sorted(keys)[:5])
@@ -158,8 +165,10 @@ def rename(key: str, rules: Sequence[Rule]) -> str:
     return key
 
 
-def unused_reason(canonical: str) -> str | None:
-    for pattern, reason in UNUSED_PATTERNS:
+def unused_reason(
+    canonical: str, patterns: Sequence[tuple[str, str]] = UNUSED_PATTERNS
+) -> str | None:
+    for pattern, reason in patterns:
         if re.search(pattern, canonical):
             return reason
     return None
@@ -238,6 +247,8 @@ def fill_variables(
     explicit: Mapping[str, tuple[str, tuple[str, ...], bool]] | None = None,
     allow_missing: Iterable[str] = (),
     extra_unused: Mapping[str, str] | None = None,
+    expected: Mapping[FlatKey, tuple[int, ...]] | None = None,
+    unused_patterns: Sequence[tuple[str, str]] = UNUSED_PATTERNS,
 ) -> FillResult:
     """Builds the Flax variables of `fill_modules` from canonical-named sources, strictly.
 
@@ -248,21 +259,27 @@ def fill_variables(
       explicit: canonical name -> (collection, full flax path, transpose) overriding the
         generic rules (the ARBEx head map).
       allow_missing: `collection/path` prefixes that may stay unfilled (left to init).
-      extra_unused: canonical name regex -> reason, beyond `UNUSED_PATTERNS`.
+      extra_unused: canonical name regex -> reason, beyond `unused_patterns`.
+      expected: `{(collection, path): shape}` of the model being filled, when it is not
+        the GReFEL model of `model_config` (the identity network of `--kind ir50_identity`:
+        `ir_back` with its fourth stage and `output_layer`, and `margin_head`).
+      unused_patterns: (canonical regex, reason) of the known unused official tensors;
+        `UNUSED_PATTERNS` unless the model being filled uses some of them.
 
     Raises:
       ConversionError naming every unknown source key, missing variable or shape mismatch.
     """
     from grefel_jax.models.window_attention import relative_position_index
 
-    expected = expected_shapes(model_config)
+    if expected is None:
+        expected = expected_shapes(model_config)
     fill_modules = set(fill_modules)
     explicit = dict(explicit or {})
     filled: dict[FlatKey, Array] = {}
     used, unused, unknown, problems = [], {}, [], []
     for canonical, src in sources.items():
         where = f"{src.file}:{src.key}"
-        reason = unused_reason(canonical)
+        reason = unused_reason(canonical, unused_patterns)
         for pattern, why in (extra_unused or {}).items():
             if reason is None and re.search(pattern, canonical):
                 reason = why

@@ -7,8 +7,10 @@ docs/checkpoints.md §6b).
   `body` (docs/state_dict_keys.md §C); `stage4_units > 0` adds the 512-channel fourth stage that a
   full face.evoLVe `ir50.pth` carries as `body.21+` (never used by POSTER++).
 
-Both register `input_layer`, then the unused `output_layer`, then the units, as the official
-classes do, so that state_dict order matches too.
+Both register `input_layer`, then the `output_layer`, then the units, as the official
+classes do, so that state_dict order matches too. `forward` returns the three stage maps, as
+POSTER++ uses the trunk; `embed` runs every unit (the fourth stage included) and
+`output_layer`, face.evoLVe's `Backbone.forward`: the identity embedding.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class IR50Backbone(nn.Module):
       internal_size: side the image is resized to (112).
       naming: "stages" (`body1/2/3`, POSTER++) or "body" (one `body`, face.evoLVe).
       stage4_units: with naming="body", extra fourth-stage units (3 in a full IR-50).
+      embedding_dim: width of `output_layer`'s Linear and BatchNorm1d (default 2 * dims[2],
+        512 in IR-50).
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class IR50Backbone(nn.Module):
         internal_size: int = 112,
         naming: str = "stages",
         stage4_units: int = 0,
+        embedding_dim: int | None = None,
     ):
         super().__init__()
         if naming not in ("stages", "body"):
@@ -84,17 +89,19 @@ class IR50Backbone(nn.Module):
         self.naming = naming
         d0, d1, d2 = dims
         out_dim = 2 * d2  # 512: the width of the (removed) fourth stage.
+        embedding_dim = embedding_dim or out_dim
         self.input_layer = nn.Sequential(
             nn.Conv2d(3, d0, 3, 1, 1, bias=False), nn.BatchNorm2d(d0), nn.PReLU(d0)
         )
-        # Unused by POSTER++; kept so that the keys match the official checkpoints.
+        # Unused by POSTER++; kept so that the keys match the official checkpoints. After the
+        # fourth stage the map is internal_size / 16 on a side (7 x 7 at 112).
         spatial = (internal_size // 16) ** 2
         self.output_layer = nn.Sequential(
             nn.BatchNorm2d(out_dim),
             nn.Dropout(0.0),
             nn.Flatten(),
-            nn.Linear(out_dim * spatial, out_dim),
-            nn.BatchNorm1d(out_dim),
+            nn.Linear(out_dim * spatial, embedding_dim),
+            nn.BatchNorm1d(embedding_dim),
         )
         stage1 = _stage_units(d0, d0, units[0])
         stage2 = _stage_units(d0, d1, units[1])
@@ -123,3 +130,11 @@ class IR50Backbone(nn.Module):
             outs.append(x)
             start += n
         return tuple(outs)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """face.evoLVe's `Backbone.forward` on the resized image: every unit of `body`
+        (stages 1-4), then `output_layer`. `(B, 3, S, S) -> (B, embedding_dim)`."""
+        if self.naming != "body" or len(self.body) == sum(self.units):
+            raise ValueError("embed needs naming='body' and stage4_units > 0")
+        x = F.interpolate(x, size=self.internal_size)
+        return self.output_layer(self.body(self.input_layer(x)))
