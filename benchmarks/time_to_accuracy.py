@@ -91,10 +91,16 @@ def _markdown(rows: list[dict], steps: list[int]) -> str:
             for p in predictions:
                 cells = []
                 for s in steps:
-                    v = [r["history"][str(s)][f"{p}/accuracy"] for r in runs if str(s) in r["history"]]
+                    v = [
+                        r["history"][str(s)][f"{p}/accuracy"]
+                        for r in runs
+                        if str(s) in r["history"]
+                    ]
                     std = f" ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else ""
                     cells.append(f"{np.mean(v):.3f}{std}" if v else "n/a")
-                lines.append(f"| {init} | {head} | {p} (n={len(runs)}) | " + " | ".join(cells) + " |")
+                lines.append(
+                    f"| {init} | {head} | {p} (n={len(runs)}) | " + " | ".join(cells) + " |"
+                )
     return "\n".join(lines) + "\n"
 
 

@@ -35,9 +35,13 @@ from grefel_jax.convert import ConversionError, build, convert  # noqa: E402
 from grefel_jax.convert.api import build_from_state_dicts  # noqa: E402
 from grefel_jax.convert.export_ir50 import main as export_main  # noqa: E402
 from grefel_jax.convert.ir50 import identity_expected_shapes, identity_to_state_dicts  # noqa: E402
-from grefel_jax.identity.trainer import identity_variables_config  # noqa: E402
 from grefel_jax.models import make_model_config  # noqa: E402
-from grefel_jax.models.identity import IDENTITY_SIZES, IdentityHeadConfig, IdentityNet  # noqa: E402
+from grefel_jax.models.identity import (  # noqa: E402
+    IDENTITY_SIZES,
+    IdentityHeadConfig,
+    IdentityNet,
+    identity_sizes,  # noqa: E402
+)
 
 # The demo's and identity pretraining's input size (configs/demo.py), not tiny's default 96:
 # the converter reads the size off `output_layer.3.weight`.
@@ -72,7 +76,7 @@ def _torch_embedding(module, images: np.ndarray) -> np.ndarray:
 
 
 def _our_outputs(variables, images: np.ndarray) -> dict:
-    sizes = identity_variables_config(variables["params"])
+    sizes = identity_sizes(variables["params"])
     model = IdentityNet(TINY.backbone, IdentityHeadConfig(**sizes))
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
     return jax.tree.map(np.asarray, apply(variables, images))

@@ -183,7 +183,7 @@ def build_from_state_dicts(
         "not_loaded": result.not_loaded,
     }
     if identity:
-        # What the identity network around `ir_back` needs (`identity_variables_config`);
+        # What the identity network around `ir_back` needs (`models.identity.identity_sizes`);
         # num_identities is 0 when no head file was given (`margin_head` not written).
         metadata["identity"] = identity
     return Converted(result.variables, config, metadata)

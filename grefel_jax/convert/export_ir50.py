@@ -38,27 +38,17 @@ from flax.traverse_util import flatten_dict
 
 from grefel_jax.convert.common import ConversionError
 from grefel_jax.convert.ir50 import MARGIN_HEAD, identity_expected_shapes, identity_to_state_dicts
+from grefel_jax.models import identity as identity_model
 from grefel_jax.models import names
 
 
 def identity_sizes(variables: Mapping[str, Any], where: str) -> dict[str, int]:
-    """`{'stage4_units', 'embedding_dim', 'num_identities'}` of identity-network variables
-    (num_identities 0 without a margin head); a ConversionError naming `where` when
-    `ir_back` lacks the fourth stage or `output_layer`."""
-    backbone = variables["params"].get(names.IMAGE_BACKBONE, {})
-    stage4 = sum(1 for k in backbone if k.startswith("body4_"))
-    if not stage4 or "output_layer_3" not in backbone:
-        raise ConversionError(
-            f"{where}: its ir_back has no fourth stage (body4_*) or no output_layer: not an "
-            "identity network. Only identity pretraining (python -m grefel_jax.pretrain "
-            "identity) or --kind ir50_identity gives one; GReFEL keeps stages 1-3 only."
-        )
-    head = variables["params"].get(MARGIN_HEAD)
-    return {
-        "stage4_units": stage4,
-        "embedding_dim": int(np.shape(backbone["output_layer_3"]["kernel"])[1]),
-        "num_identities": int(np.shape(head["kernel"])[1]) if head else 0,
-    }
+    """`models.identity.identity_sizes` of `variables['params']`, as a ConversionError
+    naming `where` when they are not an identity network."""
+    try:
+        return identity_model.identity_sizes(variables["params"])
+    except ValueError as e:
+        raise ConversionError(f"{where}: {e}") from e
 
 
 def check_identity_variables(variables, backbone_config, where: str) -> dict[str, int]:

@@ -17,7 +17,7 @@ import optax
 from grefel_jax import optim, settings, sharding
 from grefel_jax.data.source import DatasetInfo
 from grefel_jax.identity import losses
-from grefel_jax.models import ModelConfig, names
+from grefel_jax.models import ModelConfig
 from grefel_jax.models.identity import MARGIN_HEAD, IdentityHeadConfig, IdentityNet
 from grefel_jax.train_state import TrainState
 
@@ -272,15 +272,3 @@ def embed(variables: PyTree, images: jax.Array, *, model: IdentityNet, flip: boo
         mirrored = model.apply(variables, images[:, :, ::-1, :], train=False, embed_only=True)
         out = out + mirrored["embedding"]
     return out
-
-
-def identity_variables_config(params: PyTree) -> dict[str, int]:
-    """`{'stage4_units', 'embedding_dim', 'num_identities'}` read off saved parameters, so a
-    workdir or a packaged backbone rebuilds its IdentityNet without its config."""
-    backbone = params[names.IMAGE_BACKBONE]
-    units = sum(1 for k in backbone if k.startswith("body4_"))
-    return {
-        "stage4_units": units,
-        "embedding_dim": int(np.shape(backbone["output_layer_3"]["kernel"])[1]),
-        "num_identities": int(np.shape(params[MARGIN_HEAD]["kernel"])[1]),
-    }

@@ -3,10 +3,12 @@
 `IdentityNet` is GReFEL's image branch as face.evoLVe trains it: the same `x[:, ::2, ::2]`
 sub-sampling of the model-size input, the same IR-50 under the same name (`ir_back`), plus
 face.evoLVe's fourth stage and `output_layer` (a 512-d embedding in IR-50) and a margin head
-whose `kernel (E, num_identities)` holds one direction per training identity (face.evoLVe's
-`ArcFace.kernel` layout). Its variables load into GReFEL with `--config.init_from`: stages
-1-3 fill `ir_back`; `ir_back/body4_*`, `ir_back/output_layer_*` and `margin_head` are left
-out there, as POSTER++ leaves them out (docs/pretraining.md).
+whose `kernel (E, num_identities)` holds one direction per training identity (the layout of
+InsightFace_Pytorch's `Arcface.kernel`; face.evoLVe's ArcFace and CosFace store the transpose,
+`weight (N, E)`, which `grefel_jax.convert` reads either way). Its variables load into
+GReFEL with `--config.init_from`: stages 1-3 fill `ir_back`; `ir_back/body4_*`,
+`ir_back/output_layer_*` and `margin_head` are left out there, as POSTER++ leaves them out
+(docs/pretraining.md).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from grefel_jax.models import names
 from grefel_jax.models.config import BackboneConfig
@@ -69,8 +72,9 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
 class MarginHead(nn.Module):
     """`embedding (B, E) -> cosine (B, N)`: cosine of the angle to each identity's direction.
 
-    The parameter `kernel (E, N)` is face.evoLVe's `ArcFace.kernel` (columns normalised at
-    use); the margin and the scale are applied by the loss (`identity.losses`).
+    The parameter `kernel (E, N)` holds one column per identity, normalised at use
+    (InsightFace_Pytorch's layout; face.evoLVe stores `weight (N, E)`); the margin and the
+    scale are applied by the loss (`identity.losses`).
     """
 
     num_identities: int
@@ -119,3 +123,28 @@ class IdentityNet(nn.Module):
             return {"embedding": embedding}
         cosine = MarginHead(self.head.num_identities, name=MARGIN_HEAD)(embedding)
         return {"embedding": embedding, "cosine": cosine}
+
+
+def identity_sizes(params) -> dict[str, int]:
+    """`{'stage4_units', 'embedding_dim', 'num_identities'}` read off identity-network
+    parameters (`num_identities` 0 without a margin head), so that a workdir, a converted
+    file or a packaged backbone rebuilds its IdentityNet without its config.
+
+    Raises:
+      ValueError: `ir_back` has no fourth stage or no `output_layer` (not an identity
+        network: GReFEL keeps stages 1-3 only).
+    """
+    backbone = params.get(names.IMAGE_BACKBONE, {})
+    units = sum(1 for k in backbone if k.startswith("body4_"))
+    if not units or "output_layer_3" not in backbone:
+        raise ValueError(
+            "its ir_back has no fourth stage (body4_*) or no output_layer: not an identity "
+            "network (python -m grefel_jax.pretrain identity, or python -m grefel_jax.convert "
+            "--kind ir50_identity, gives one; GReFEL keeps stages 1-3 only)."
+        )
+    head = params.get(MARGIN_HEAD)
+    return {
+        "stage4_units": units,
+        "embedding_dim": int(np.shape(backbone["output_layer_3"]["kernel"])[1]),
+        "num_identities": int(np.shape(head["kernel"])[1]) if head else 0,
+    }
