@@ -26,7 +26,8 @@ has the results and the reasoning):
 A detection is a hit when its IoU with a true box is >= --iou (0.4: detectors draw boxes of
 different extent around the same face, an SSD box reaches the hairline, a Haar box is square);
 every other box is a false box. Speed: median milliseconds of `detect` per image of each set,
-after one warm-up call.
+after one warm-up call; and `interleaved_timing`, the detectors taking turns on the same two
+images (ratios that hold under load from other processes).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ flags.DEFINE_integer("faces_per_scene", 6, "Faces pasted into each scene.")
 flags.DEFINE_float("iou", 0.4, "Smallest IoU of a hit.")
 flags.DEFINE_integer("seed", 0, "Seed of the composites.")
 flags.DEFINE_string("output", None, "Also write the results as JSON here.")
+flags.DEFINE_integer("timing_rounds", 15, "Rounds of the interleaved timing (0: none).")
 
 # Hand-checked face boxes (x, y, w, h) in the packaged photos.
 REAL_FACES = {
@@ -366,6 +368,47 @@ def evaluate(detector, items, box_band=None, image_band=None) -> dict:
     return result
 
 
+TIMED = (
+    "ssd before issue 29: long side 640, all heads, p>=0.5",
+    "ssd default: 300 padded 10% + 640, 4 heads, p>=0.6",
+    "  same, 300 padded only (no 640 pass)",
+    "  same, 300 padded + 960",
+)
+
+
+def interleaved_timing(close_up: np.ndarray, scene: np.ndarray, rounds: int) -> dict:
+    """Median ms of `detect` per detector on one close-up (640x480 or 512x512) and one
+    1920x1080 scene, the detectors taking turns in every round, so that load from other
+    processes falls on all of them alike: the ratios hold even when the absolute times
+    do not."""
+    if rounds <= 0:
+        return {}
+    detectors = {label: CANDIDATES[label]() for label in TIMED}
+    times = {label: {"close_up": [], "scene_1920x1080": []} for label in TIMED}
+    for detector in detectors.values():
+        detector.detect(scene)  # warm-up at both sizes
+        detector.detect(close_up)
+    for _ in range(rounds):
+        for label, detector in detectors.items():
+            for key, image in (("close_up", close_up), ("scene_1920x1080", scene)):
+                start = time.perf_counter()
+                detector.detect(image)
+                times[label][key].append(time.perf_counter() - start)
+    base = {k: float(np.median(v)) for k, v in times[TIMED[0]].items()}
+    return {
+        "rounds": rounds,
+        "close_up_shape": list(close_up.shape),
+        "ms": {
+            label: {k: 1000 * float(np.median(v)) for k, v in row.items()}
+            for label, row in times.items()
+        },
+        "ratio_to_before": {
+            label: {k: float(np.median(v)) / base[k] for k, v in row.items()}
+            for label, row in times.items()
+        },
+    }
+
+
 def main(argv):
     del argv
     rng = np.random.default_rng(FLAGS.seed)
@@ -415,6 +458,7 @@ def main(argv):
             f"{row['face_free']['false_per_image']:.2f}",
             flush=True,
         )
+    timing = interleaved_timing(close[0][1], scenes[0][1], FLAGS.timing_rounds)
     pressure_after = pathlib.Path("/proc/pressure/cpu").read_text().strip()
     cpu = next(
         (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
@@ -433,6 +477,7 @@ def main(argv):
         "composite_faces": sum(len(t) for _, _, t, _ in scenes),
         "face_free_images": len(free),
         "iou_threshold": FLAGS.iou,
+        "interleaved_timing": timing,
         "detectors": results,
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "detectors"}, indent=1))
