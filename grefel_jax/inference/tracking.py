@@ -94,7 +94,9 @@ class IoUTracker:
       iou_threshold: smallest IoU between a track's last box and a detection to match them.
       max_missed: a track survives this many consecutive frames without a match.
       half_life_s: half-life of the smoothing, in seconds (0: no smoothing).
-      min_score: a box scored below this does not confirm a track (boxes without a score do).
+      min_score: a box scored below this does not confirm a track (boxes without a score do;
+        default: no score limit, since detectors score on different scales: the SSD's
+        threshold already applies, Haar level weights can be any real number).
     """
 
     def __init__(
@@ -102,7 +104,7 @@ class IoUTracker:
         iou_threshold: float = 0.3,
         max_missed: int = 5,
         half_life_s: float = 0.5,
-        min_score: float = 0.0,
+        min_score: float = float("-inf"),
     ):
         if not 0.0 < iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold={iou_threshold} must be in (0, 1].")
