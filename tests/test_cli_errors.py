@@ -28,9 +28,9 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
 
 # The `python -m grefel_jax.<module>` command lines that import jax only after their flags are
 # parsed: --help takes well under a second each. The others (evaluate, landmarks.pretrain,
-# models.summary: absl; convert: argparse, whose --help exits 0 by itself) import jax first
-# (2-3 s each on 2 cores); they share `cli.parse_flags`, tested in-process below, and the
-# AST test checks that every absl command line uses it.
+# pretrain.package, models.summary: absl; convert: argparse, whose --help exits 0 by itself)
+# import jax first (1.5-3 s each on 2 cores); they share `cli.parse_flags`, tested in-process
+# below, and the AST test checks that every absl command line uses it.
 LIGHT_COMMANDS = (
     "main",
     "predict",
@@ -41,6 +41,7 @@ LIGHT_COMMANDS = (
     "export",
     "export.run",
     "local_cluster",
+    "pretrain",
 )
 
 
