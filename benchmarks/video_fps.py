@@ -94,10 +94,12 @@ def main(argv):
 
     result = {
         "model": "configs/demo.py (tiny, 64x64, grefel head), random init",
+        "detector": FLAGS.detector,
         "video": (
             f"{frames} frames {WIDTH}x{HEIGHT} Motion-JPEG, one real face drawn per frame "
-            "(faces_found counts Haar boxes, false positives included)"
+            f"(faces_found counts {FLAGS.detector} boxes, false positives included)"
         ),
+        "cpu_pressure_after": pathlib.Path("/proc/pressure/cpu").read_text().strip(),
         "batch_frames": FLAGS.batch_frames,
         "batch_size": FLAGS.batch_size,
         "faces_found": faces,
@@ -112,7 +114,7 @@ def main(argv):
     print(
         f"{frames} frames {WIDTH}x{HEIGHT}, {faces} faces: full path "
         f"{result['full_fps']:.1f} frames/s (decode alone {result['decode_only_fps']:.0f}, "
-        f"Haar detection alone {result['detect_only_fps']:.1f} frames/s)"
+        f"{FLAGS.detector} detection alone {result['detect_only_fps']:.1f} frames/s)"
     )
     if FLAGS.output:
         path = pathlib.Path(FLAGS.output)

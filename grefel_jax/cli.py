@@ -22,19 +22,37 @@ def fail(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
+# absl's help flags print the usage and exit with status 1 (as for a usage error); asking
+# for help is not an error.
+HELP_FLAGS = ("-?", "-help", "--help", "-helpshort", "--helpshort", "-helpfull", "--helpfull")
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
     """`absl.app.run(main, flags_parser=cli.parse_flags)`: flag and config errors in one line.
 
     ml_collections reports a misspelt `--config.a.b=...` key as an AttributeError with a
     multi-line traceback and a config file that does not load as an OSError; both become one
-    line that names the flag and, where ml_collections has one, the suggested key.
+    line that names the flag and, where ml_collections has one, the suggested key. A run
+    config's values are checked as it is read (`settings.check_config`: a head with 0
+    anchors, a negative temperature, ...), before anything is built or compiled. `--help`
+    (and `-h`) exits with status 0.
     """
+    # absl knows -? but not the usual -h (before a "--": what follows is not ours).
+    argv = list(argv)
+    ours = argv.index("--") if "--" in argv else len(argv)
+    if "h" not in flags.FLAGS:
+        argv[:ours] = ["--help" if a == "-h" else a for a in argv[:ours]]
     try:
         remaining = flags.FLAGS(list(argv))
         if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
             # A config file that failed to load raises on first use, not while parsing.
             flags.FLAGS.config.keys()
+            _check_run_config(flags.FLAGS.config)
         return remaining
+    except SystemExit as e:
+        if e.code == 1 and any(a.split("=")[0] in HELP_FLAGS for a in argv[1:ours]):
+            sys.exit(0)
+        raise
     except flags.Error as e:
         fail(_flag_error_message(str(e)))
     except (AttributeError, KeyError) as e:
@@ -44,6 +62,24 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     except ValueError as e:  # raised by a config's get_config(arg)
         fail(f"--config: {e}")
     return []
+
+
+def _check_run_config(config) -> None:
+    """`settings.check_config` for a training / evaluation run config (one with a model
+    section); other configs (none so far) are left to their command."""
+    model = getattr(config, "model", None)
+    if model is None or not all(k in model for k in ("variant", "head_preset", "head", "backbone")):
+        return
+    from grefel_jax import settings  # jax: imported only once the flags are parsed
+
+    try:
+        settings.check_config(config)
+    except ValueError as e:
+        message = str(e)
+        # "model.head.num_anchors=0 must be > 0." is the flag --config.model.head.num_anchors.
+        if message.startswith("model."):
+            fail(f"--config.{message}")
+        fail("--" + message if message.startswith("config.") else f"--config: {message}")
 
 
 def _flag_error_message(text: str) -> str:

@@ -177,6 +177,7 @@ def evaluate_checkpoint(
     """
     from grefel_jax.data import pipeline
 
+    check_split(data_config, split)
     variables, model_config, metadata = checkpoints.load_inference_checkpoint(checkpoint)
     info = pipeline.dataset_info(data_config)
     if info.num_classes != model_config.head.num_classes:
@@ -210,6 +211,23 @@ def evaluate_checkpoint(
         step=step if step is not None else int(metadata.get("step") or 0),
     )
     return summary, paths
+
+
+def check_split(data_config: ml_collections.ConfigDict, split: str, flag: str = "split") -> None:
+    """Raises ValueError (one line naming `flag`, the dataset and its splits) when `split` is
+    neither a split of the prepared dataset nor a TFDS split expression (`train[:10%]`).
+
+    Reads only the dataset's metadata: called before the checkpoint is loaded and anything
+    is compiled.
+    """
+    from grefel_jax.data import pipeline, source
+
+    info = pipeline.dataset_info(data_config)
+    if not source.is_split_expression(split) and split not in info.split_sizes:
+        raise ValueError(
+            f"{flag}={split!r}: {info.full_name} has no such split; its splits are "
+            f"{sorted(info.split_sizes)}."
+        )
 
 
 def evaluate_workdir(
@@ -262,10 +280,15 @@ def main(argv: Sequence[str]) -> None:
     logging_utils.quiet_library_logs()
     try:
         sharding.maybe_initialize_distributed()  # ValueError: inconsistent cluster environment
+        if not checkpoints.absolute_path(FLAGS.checkpoint).exists():
+            raise checkpoints.CheckpointError(
+                f"--checkpoint={FLAGS.checkpoint}: no such file or directory."
+            )
         config = FLAGS.config
         if config is None:
             config = load_workdir_config(FLAGS.checkpoint)
         split = FLAGS.split or config.data.eval_split
+        check_split(config.data, split, "--split" if FLAGS.split else "config.data.eval_split")
         mesh = sharding.make_mesh({"data": -1, "fsdp": 1})
         batch_size = FLAGS.batch_size or config.eval_batch_size
         summary, paths = evaluate_checkpoint(

@@ -55,6 +55,11 @@ def main(argv):
         jax.devices()[0].device_kind,
     )
     try:
+        if config.mode in ("eval", "train_and_eval"):
+            # A misspelt split fails now, not after the training steps have compiled.
+            evaluate.check_split(config.data, config.data.eval_split, "config.data.eval_split")
+            for split in config.final_eval_splits:
+                evaluate.check_split(config.data, split, "config.final_eval_splits")
         if config.mode == "eval":
             mesh = sharding.make_mesh(config.mesh)
             for split in dict.fromkeys([config.data.eval_split, *config.final_eval_splits]):

@@ -7,7 +7,9 @@ r"""Predicts facial expressions in image files: detect faces, crop, classify, re
 
 `--checkpoint` is a training workdir (best checkpoint, EMA weights if EMA was on), one of its
 step directories, or an inference checkpoint (e.g. a converted POSTER++ or ARBEx file).
-Directories are searched recursively for images. Faces are found with `--detector` (default
+Directories are searched recursively for images; a directory holding only videos is a video
+run (its videos in turn), and videos in a folder that also holds images are skipped, each one
+named on stderr. Faces are found with `--detector` (default
 'ssd', OpenCV's ResNet-10 SSD CNN; 'haar', the frontal-face Haar cascade; README "Face
 detection" has the measurements) and cropped square with `--margin` of context;
 `--no-detect` feeds whole images (already aligned crops such as RAF-DB's).
@@ -111,11 +113,27 @@ def run(
 
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    videos = [i for i in inputs if video_lib.is_video_path(i)]
-    video_mode = camera is not None or bool(videos)
     if not inputs and camera is None:
         print("ERROR: no images given (pass files and/or directories).", file=stderr)
         return EXIT_FATAL
+    videos = [i for i in inputs if video_lib.is_video_path(i)]
+    # Folders are searched for both: folders of videos only are a video run; videos in a
+    # folder among images (in it or given beside it) are skipped, each one named.
+    folder_videos = video_lib.videos_in_folders(inputs)
+    image_entries = list(images_lib.expand_inputs([i for i in inputs if i not in videos]))
+    has_images = any(
+        problem is None and not video_lib.is_video_path(path) for path, problem in image_entries
+    )
+    in_folders = [v for vs in folder_videos.values() for v in vs]
+    skipped_videos: list[str] = []
+    if has_images:
+        skipped_videos = in_folders
+        # A folder that only held videos: its videos are named below, not "no images".
+        image_entries = [(p, e) for p, e in image_entries if not (e and p in folder_videos)]
+    elif in_folders:
+        videos += in_folders
+        inputs = [i for i in inputs if str(Path(i)) not in folder_videos] + in_folders
+    video_mode = camera is not None or bool(videos)
     if video_mode and len(videos) != len(inputs):
         others = [i for i in inputs if i not in videos]
         what = "--camera" if camera is not None and not videos else f"video {videos[0]}"
@@ -173,10 +191,17 @@ def run(
             landmarks=landmark_model,
             template=align_template,
             warn=lambda message: print(f"WARNING: {message}", file=stderr),
+            verifier=named,
         )
     except (CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"ERROR: {e}", file=stderr)
         return EXIT_FATAL
+    for path in skipped_videos:
+        print(
+            f"WARNING: {path}: skipped, a video among images: predict videos in a separate "
+            "run (name the video, or a folder that holds only videos).",
+            file=stderr,
+        )
     if video_mode:
         return run_video(
             predictor,
@@ -198,7 +223,7 @@ def run(
     if detector is not None:
         predictor.detector = detector
 
-    entries = list(images_lib.expand_inputs(inputs))
+    entries = image_entries
     files = [path for path, problem in entries if problem is None]
     table_to_stdout = "-" not in (json_path, csv_path)
     table = report.TableWriter(stdout, file_width=min(60, max(len(p) for p, _ in entries)))
@@ -239,9 +264,10 @@ def run(
     failed = [r for r in results if r.error is not None]
     no_face = sum(1 for r in results if r.no_face)
     faces = sum(len(r.faces) for r in results)
+    skipped = f", {len(skipped_videos)} video(s) skipped" if skipped_videos else ""
     print(
         f"{len(results)} image(s): {faces} face(s) predicted, {no_face} without a face, "
-        f"{len(failed)} failed.",
+        f"{len(failed)} failed{skipped}.",
         file=stderr,
     )
     return EXIT_SOME_FAILED if failed else EXIT_OK
@@ -466,7 +492,10 @@ def _define_flags() -> None:
     )
     flags.DEFINE_integer("min_neighbors", 5, "--detector haar: minNeighbors (higher: fewer boxes).")
     flags.DEFINE_integer(
-        "max_faces", 0, "Keep at most this many faces per image, largest first (0: all)."
+        "max_faces",
+        0,
+        "Keep at most this many faces per image, the surest first (detector score, then size; "
+        "0: all).",
     )
     flags.DEFINE_integer("batch_size", 32, "Faces per jitted forward pass.")
     flags.DEFINE_string(

@@ -40,6 +40,30 @@ def model_config(config, num_classes: int) -> ModelConfig:
     )
 
 
+def check_config(config) -> None:
+    """Builds what this module reads from a run config, to fail on a bad value as the config
+    is read (command lines call it from `cli.parse_flags`), before data, workdir or
+    compilation: the model (BackboneConfig / HeadConfig check every field's range and name
+    the key), the loss and the compute dtype.
+
+    The class count is the dataset's, unknown here: `model.head.num_classes` when set, else
+    a placeholder 7 (only `num_classes >= 2` depends on it).
+
+    Raises:
+      ValueError: one line naming the config key.
+    """
+    head = config.model.head
+    num_classes = head.num_classes if "num_classes" in head and head.num_classes else 7
+    model_config(config, num_classes)
+    if "loss" in config:
+        loss_config(config)
+    if "compute_dtype" in config:
+        compute_dtype(config)
+    for key in ("batch_size", "eval_batch_size"):
+        if key in config and config[key] is not None and config[key] <= 0:
+            raise ValueError(f"config.{key}={config[key]} must be positive.")
+
+
 def loss_config(config) -> LossConfig:
     """LossConfig from `config.loss`: the head preset's settings, then the fields set."""
     return make_loss_config(config.model.head_preset, _set_fields(config.loss))

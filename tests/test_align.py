@@ -319,3 +319,82 @@ def test_video_frames_are_aligned_like_images(face, checkpoints_dir):
         rotated, LAYOUT.five_points(rotated_points), align.SYNTHETIC_FACES, IMAGE_SIZE
     )
     assert len(seen) == 2 and all(np.array_equal(c, want) for c in seen)
+
+
+class _FivePoints:
+    """A five-point layout (the points are the five alignment points)."""
+
+    num_points = 5
+
+    @staticmethod
+    def five_points(points):
+        return np.asarray(points, np.float64)
+
+
+class _AverageFace:
+    """What a landmark regressor answers on any crop, face or not: the average face (the
+    ArcFace template) laid over the crop's central 60 %. On a crop of a neck these points
+    are as plausible in geometry as on a face."""
+
+    layout = _FivePoints()
+
+    def predict_points(self, crops):
+        return np.stack(
+            [(0.2 + 0.6 * align.ARCFACE) * np.array(c.shape[1::-1]) - 0.5 for c in crops]
+        )
+
+
+def test_a_false_box_is_not_called_aligned(checkpoints_dir):
+    """Issue 29: `--align` reported `aligned: true` for a crop of a cheek and neck. The
+    points' geometry cannot tell (the average face fits any box); the detector, run on the
+    warped image, can. Same stand-in points on the real face: aligned."""
+    import skimage.data
+
+    from grefel_jax.inference import FaceBox, Predictor, crop_box
+
+    photo = skimage.data.astronaut()
+    face = FaceBox(175, 60, 95, 115, 0.99)  # hand-checked (benchmarks/face_detectors.py)
+    neck = FaceBox(150, 220, 130, 130, 0.7)  # the collar and the suit below the chin
+    warnings_seen = []
+    results = {}
+    for name, box in (("face", face), ("neck", neck)):
+        predictor = Predictor.from_checkpoint(
+            checkpoints_dir / "model",
+            detector=_Detector(box),
+            align=True,
+            landmarks=_AverageFace(),
+            template="arcface",
+            batch_size=2,
+            warn=warnings_seen.append,
+        )
+        (results[name],) = predictor.predict([photo])
+    assert results["face"].faces[0].aligned is True
+    assert results["neck"].faces[0].aligned is False
+    (warning,) = warnings_seen
+    assert warning.startswith("images[0]: face 0: the face detector finds no face"), warning
+    # Geometry alone let the neck through: the check that failed is the detector's.
+    x0, y0, x1, y1 = crop_box(neck, photo.shape, 0.2)
+    five = _AverageFace().predict_points([photo[y0:y1, x0:x1]])[0] + (x0, y0)
+    assert align.implausibility(five, align.ARCFACE, neck.as_tuple()) is None
+
+
+def test_prepare_aligns_the_surest_face_not_the_largest_box():
+    import skimage.data
+
+    from grefel_jax.inference import FaceBox, faces
+
+    photo = skimage.data.astronaut()
+    face = FaceBox(175, 60, 95, 115, 0.99)
+    shirt = FaceBox(60, 250, 260, 260, 0.65)  # larger, less sure, listed first
+
+    class _Both:
+        def detect(self, image):
+            if image.shape[:2] == photo.shape[:2]:
+                return [shirt, face]
+            return faces.SsdDetector().detect(image)  # the check of the aligned face
+
+    crop, status, reason = align.align_best_face(
+        photo, _Both(), _AverageFace(), align.ARCFACE, 112, 0.2
+    )
+    assert (status, reason) == ("aligned", None)
+    assert crop.shape == (112, 112, 3)

@@ -183,16 +183,37 @@ def test_grayscale_and_no_face_images(astronaut):
     assert faces.FaceDetector().detect(np.zeros((16, 16, 3), np.uint8)) == []
 
 
-def test_max_faces_keeps_the_largest(astronaut):
+def test_faces_are_ranked_by_score_so_a_large_false_box_does_not_win():
+    face = faces.FaceBox(200, 80, 90, 100, score=0.99)
+    neck = faces.FaceBox(150, 300, 250, 200, score=0.62)  # larger, less sure
+    unscored = faces.FaceBox(0, 0, 400, 400)
+    assert faces.rank_faces([neck, unscored, face]) == [face, neck, unscored]
+    tie = faces.FaceBox(10, 10, 120, 120, score=0.99)  # same score: the larger first
+    assert faces.rank_faces([face, tie]) == [tie, face]
+
+
+def test_face_like_rejects_slivers_specks_and_low_scores():
+    shape = (480, 640, 3)
+    assert faces.face_like(faces.FaceBox(200, 100, 180, 210, 0.9), shape) is None
+    # A face cut by the border is still a face when more of it is inside than out.
+    assert faces.face_like(faces.FaceBox(0, 100, 120, 200, 0.9), shape) is None
+    assert "sliver" in faces.face_like(faces.FaceBox(570, 40, 70, 150, 0.9), shape)
+    assert "sliver" in faces.face_like(faces.FaceBox(100, 410, 150, 70, 0.9), shape)
+    assert "pixels" in faces.face_like(faces.FaceBox(300, 200, 5, 6, 0.9), shape)
+    assert "face-shaped" in faces.face_like(faces.FaceBox(300, 100, 30, 200, 0.9), shape)
+    assert "score" in faces.face_like(faces.FaceBox(200, 100, 180, 210, 0.4), shape, 0.5)
+
+
+@pytest.mark.parametrize("name", ["haar", "ssd"])
+def test_max_faces_keeps_the_surest(astronaut, name):
     # Two copies of the astronaut side by side, the right one at half size.
     small = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
     canvas = np.full((512, 768, 3), 128, np.uint8)
     canvas[:, :512] = astronaut
     canvas[128:384, 512:] = small
-    detector = faces.FaceDetector(min_face_fraction=0.05)
-    both = detector.detect(canvas)
-    assert len(both) == 2 and both[0].area > both[1].area
-    only = faces.FaceDetector(min_face_fraction=0.05, max_faces=1).detect(canvas)
+    both = faces.make_detector(name, min_face_fraction=0.05).detect(canvas)
+    assert len(both) == 2 and both == faces.rank_faces(both)
+    only = faces.make_detector(name, min_face_fraction=0.05, max_faces=1).detect(canvas)
     assert only == both[:1]
 
 
@@ -218,6 +239,63 @@ def test_ssd_finds_the_packaged_faces_and_none_in_a_face_free_photo(astronaut):
     assert faces.FaceDetector().detect(camera) == []
     assert detector.detect(skimage.data.coffee()) == []
     assert detector.detect(np.zeros((16, 16, 3), np.uint8)) == []
+
+
+def test_ssd_heads_left_keep_every_prior_inside_the_input():
+    """The root cause of issue 29: conv8_2 / conv9_2 are 5x5 maps whose priors are laid out
+    every 100 / 300 pixels, so most of them sit outside the input. The edited network keeps
+    only heads whose prior centres lie inside the input, at 300x300 and at other sizes."""
+    prototxt, _ = faces.ssd_model_paths()
+    with open(prototxt) as f:
+        text = f.read()
+    edited = faces.ssd_prototxt_without_misplaced_heads(text)
+    assert text.count("conv9_2_mbox_priorbox") - edited.count("conv9_2_mbox_priorbox") == 1
+    unedited = cv2.dnn.readNetFromCaffe(*faces.ssd_model_paths())
+    net = faces.SsdDetector().load()
+    for width, height in ((300, 300), (640, 480), (480, 640)):
+        centres = []
+        for network in (unedited, net):
+            network.setInput(np.zeros((1, 3, height, width), np.float32))
+            priors = network.forward("mbox_priorbox")[0, 0].reshape(-1, 4)
+            centres.append((priors[:, :2] + priors[:, 2:]) / 2)
+        assert centres[0].max() > 4  # conv9_2: a prior centred 4.5 inputs away
+        # conv4_3's 38 cells of 8 pixels overhang a 300-pixel input by 4 pixels, as trained.
+        assert centres[1].min() > -0.02 and centres[1].max() < 1.02, (width, height)
+        assert len(centres[1]) > 1000
+    with pytest.raises(ValueError, match="expected one"):
+        faces.ssd_prototxt_without_misplaced_heads(edited)
+
+
+def _close_up(image, box, fraction, frame):
+    """`image` cropped and resized to `frame` (width, height) so that `box` fills `fraction`
+    of the frame's shorter side."""
+    x, y, w, h = box
+    scale = fraction * min(frame) / max(w, h)
+    cw, ch = int(round(frame[0] / scale)), int(round(frame[1] / scale))
+    assert cw <= image.shape[1] and ch <= image.shape[0], "the photo is too small"
+    x0 = int(round(min(max(x + w / 2 - cw / 2, 0), image.shape[1] - cw)))
+    y0 = int(round(min(max(y + h / 2 - ch / 2, 0), image.shape[0] - ch)))
+    out = cv2.resize(image[y0 : y0 + ch, x0 : x0 + cw], frame, interpolation=cv2.INTER_CUBIC)
+    sx, sy = frame[0] / cw, frame[1] / ch
+    return out, ((x - x0) * sx, (y - y0) * sy, w * sx, h * sy)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9])
+def test_ssd_finds_one_face_that_fills_the_frame(astronaut, fraction):
+    """Issue 29: a close-up got a box in the lower right instead of the face. Real photos,
+    boxes set by hand (benchmarks/face_detectors.py, CLOSE_UP_FACES)."""
+    import matplotlib.cbook
+
+    grace = np.asarray(Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")))
+    detector = faces.SsdDetector()
+    for photo, box, shape in (
+        (astronaut, (178, 76, 94, 100), (640, 480)),  # a webcam frame
+        (grace, (168, 135, 187, 195), (480, 640)),  # a phone portrait
+    ):
+        frame, truth = _close_up(photo, box, fraction, shape)
+        found = detector.detect(frame)
+        assert len(found) == 1, (fraction, found)
+        assert _iou(found[0].as_tuple(), truth) > 0.5, (found, truth)
 
 
 def test_make_detector_names_and_settings():

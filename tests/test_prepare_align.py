@@ -119,7 +119,10 @@ def test_prepare_align_stores_aligned_faces_and_counts_the_fallbacks(tmp_path, c
         align=aligner,
     )
     printed = capsys.readouterr().out
-    assert "Alignment: 2 aligned, 1 fallback-crop (implausible landmarks), 1 no-face" in printed
+    assert (
+        "Alignment: 2 aligned, 1 fallback-crop (landmarks implausible or not on a face), 1 no-face"
+        in printed
+    )
     assert out["dir"].endswith("image_folder/mine_aligned/1.0.0")
     record = json.loads((data_dir / "image_folder/mine_aligned/1.0.0/alignment.json").read_text())
     assert record["counts"] == {"aligned": 2, "fallback_crop": 1, "no_face": 1}
@@ -128,6 +131,9 @@ def test_prepare_align_stores_aligned_faces_and_counts_the_fallbacks(tmp_path, c
         "fallback_crop": ["test/neutral/c.png"],
         "no_face": ["test/happy/blank.png"],
     }
+    (reason,) = record["fallback_reasons"].values()  # why each one fell back
+    assert record["fallback_reasons"].keys() == {"test/neutral/c.png"}
+    assert reason.startswith("landmarks implausible (eye distance"), reason
     assert (record["template"], record["size"]) == ("synthetic_faces", SIZE)
 
     stored = {

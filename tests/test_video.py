@@ -208,3 +208,163 @@ def test_camera_that_cannot_open_is_one_line(checkpoint):
     assert status == predict.EXIT_SOME_FAILED
     error = [line for line in stderr.getvalue().splitlines() if line.startswith("ERROR")]
     assert len(error) == 1 and "--camera 97" in error[0], stderr.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 29: frames without a face, short misses, false boxes, close-ups, folders of videos.
+# --------------------------------------------------------------------------------------------
+
+
+def test_tracker_takes_empty_frames_and_keeps_the_id_through_short_misses():
+    empty = np.zeros((0, 2), np.float32)
+    a = np.array([[1.0, 0.0]])
+    tracker = tracking.IoUTracker(max_missed=3)
+    assert tracker.update(0.0, [], empty, empty) == []  # used to crash (reshape of size 0)
+    face = faces_lib.FaceBox(100, 80, 90, 100, 0.99)
+    assert tracker.update(0.1, [face], a, a)[0].track_id == 0
+    for t in (0.2, 0.3, 0.4):  # three frames without it: max_missed=3 keeps the track
+        assert tracker.update(t, [], empty, empty) == []
+    assert tracker.update(0.5, [face], a, a)[0].track_id == 0
+    for t in (0.6, 0.7, 0.8, 0.9):  # four: the track ends, the face comes back as a new one
+        tracker.update(t, [], empty, empty)
+    assert tracker.update(1.0, [face], a, a)[0].track_id == 1
+
+
+def test_a_track_that_never_looks_like_a_face_gets_no_id():
+    a = np.array([[1.0, 0.0]])
+    shape = (480, 640, 3)
+    sliver = faces_lib.FaceBox(632, 100, 8, 260, 0.7)  # a clipped box at the right edge
+    speck = faces_lib.FaceBox(300, 20, 4, 5, 0.9)
+    face = faces_lib.FaceBox(200, 120, 180, 200, 0.99)
+    tracker = tracking.IoUTracker()
+    for t in range(4):
+        matches = tracker.update(t / 10, [sliver, speck], np.r_[a, a], np.r_[a, a], shape)
+        assert [m.track_id for m in matches] == [None, None]
+    # The first face to look like one gets id 0: false tracks do not use up ids.
+    assert tracker.update(0.4, [face], a, a, shape)[0].track_id == 0
+
+
+def _close_up_frame(photo, box, fraction, size, shift):
+    """`photo` cropped so that `box` fills `fraction` of the frame height, the crop moved by
+    `shift` pixels of the photo; returns the frame and the box in it."""
+    x, y, w, h = box
+    scale = fraction * size[1] / h
+    cw, ch = size[0] / scale, size[1] / scale
+    x0 = min(max(x + w / 2 - cw / 2 + shift, 0), photo.shape[1] - cw)
+    y0 = min(max(y + h / 2 - ch / 2, 0), photo.shape[0] - ch)
+    matrix = np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]])
+    frame = cv2.warpAffine(photo, matrix, size, flags=cv2.INTER_LINEAR)
+    return frame, ((x - x0) * scale, (y - y0) * scale, w * scale, h * scale)
+
+
+def _empty_frame(size):
+    """A face-free photo (scikit-image's coffee cup) at the frame size."""
+    import skimage.data
+
+    return cv2.resize(skimage.data.coffee(), size, interpolation=cv2.INTER_AREA)
+
+
+def test_clip_with_empty_stretches_and_a_close_up(checkpoint, tmp_path):
+    """The real detector on a webcam-like clip of a real photo: no face for 3 frames, a
+    close-up (the face 85 % of the frame height, drifting) for 6, no face for 2, the face
+    again for 6, no face for 3. A complete report, the face's box on every face frame (the
+    detector before issue 29 put a second box in the lower right of these frames), one
+    track through the gap, no row without a face."""
+    import skimage.data
+
+    size = (400, 300)
+    photo = skimage.data.astronaut()
+    box = (178, 76, 94, 100)  # hand-checked (benchmarks/face_detectors.py CLOSE_UP_FACES)
+    plan = [False] * 3 + [True] * 6 + [False] * 2 + [True] * 6 + [False] * 3
+    video, truths = tmp_path / "close_up.mkv", {}
+    with video_lib.VideoWriter(video, FPS, size) as writer:
+        for t, has_face in enumerate(plan):
+            if has_face:
+                frame, truths[t] = _close_up_frame(photo, box, 0.85, size, 2 * t)
+            writer.write(frame if has_face else _empty_frame(size))
+    out, stderr = tmp_path / "out", io.StringIO()
+    status = predict.run(
+        [str(video)],
+        checkpoint=checkpoint,
+        csv_path=str(out / "faces.csv"),
+        json_path=str(out / "faces.json"),
+        batch_size=8,
+        batch_frames=4,
+        stdout=io.StringIO(),
+        stderr=stderr,
+    )
+    assert status == predict.EXIT_OK, stderr.getvalue()
+    assert f"{len(plan)} frame(s), {sum(plan)} face(s)" in stderr.getvalue()
+    document = json.loads((out / "faces.json").read_text())
+    assert [len(f["faces"]) for f in document["frames"]] == [int(p) for p in plan]
+    with open(out / "faces.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["frame"]) for r in rows] == [t for t, p in enumerate(plan) if p]
+    for r in rows:
+        found = [int(r[k]) for k in ("x", "y", "width", "height")]
+        assert _iou(found, truths[int(r["frame"])]) > 0.5, (r["frame"], found)
+    assert {r["track_id"] for r in rows} == {"0"}  # one face, one track, through the gap
+
+
+def _iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0, min(ay + ah, by + bh) - max(ay, by))
+    return iw * ih / (aw * ah + bw * bh - iw * ih)
+
+
+def test_clip_without_any_face_gives_a_complete_empty_report(checkpoint, tmp_path):
+    size = (160, 120)
+    video = tmp_path / "nobody.mkv"
+    with video_lib.VideoWriter(video, FPS, size) as writer:
+        for _ in range(5):
+            writer.write(_empty_frame(size))
+    out, stderr = tmp_path / "out", io.StringIO()
+    status = predict.run(
+        [str(video)],
+        checkpoint=checkpoint,
+        csv_path=str(out / "faces.csv"),
+        json_path=str(out / "faces.json"),
+        annotate_dir=str(out / "annotated.avi"),
+        stdout=io.StringIO(),
+        stderr=stderr,
+    )
+    assert status == predict.EXIT_OK, stderr.getvalue()
+    assert "5 frame(s), 0 face(s)" in stderr.getvalue()
+    document = json.loads((out / "faces.json").read_text())
+    assert [f["faces"] for f in document["frames"]] == [[]] * 5
+    with open(out / "faces.csv") as f:
+        header = next(csv.reader(f))
+        assert header[:4] == ["video", "frame", "time_s", "track_id"] and f.read() == ""
+    with video_lib.VideoReader(out / "annotated.avi") as reader:
+        assert len(list(reader.frames())) == 5
+
+
+def test_a_folder_of_videos_is_predicted_and_videos_among_images_are_named(checkpoint, tmp_path):
+    size = (96, 64)
+    clips = tmp_path / "clips"
+    for name in ("a.avi", "sub/b.mkv"):
+        with video_lib.VideoWriter(clips / name, FPS, size) as writer:
+            for _ in range(2):
+                writer.write(_empty_frame(size))
+    stderr = io.StringIO()
+    status = predict.run(
+        [str(clips)], checkpoint=checkpoint, stdout=io.StringIO(), stderr=stderr, csv_path="-"
+    )
+    assert status == predict.EXIT_OK, stderr.getvalue()
+    assert "2 video source(s): 4 frame(s)" in stderr.getvalue()
+
+    PIL.Image.fromarray(_empty_frame(size)).save(clips / "photo.png")
+    stderr = io.StringIO()
+    status = predict.run([str(clips)], checkpoint=checkpoint, stdout=io.StringIO(), stderr=stderr)
+    assert status == predict.EXIT_OK, stderr.getvalue()
+    lines = stderr.getvalue().splitlines()
+    skipped = [line for line in lines if line.startswith("WARNING") and "skipped" in line]
+    assert [line.split(":")[1].strip() for line in skipped] == [
+        str(clips / "a.avi"),
+        str(clips / "sub/b.mkv"),
+    ]
+    assert lines[-1].endswith(
+        "1 image(s): 0 face(s) predicted, 1 without a face, 0 failed, 2 video(s) skipped."
+    )

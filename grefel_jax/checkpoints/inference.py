@@ -204,7 +204,7 @@ def restore_numpy(directory: epath.Path) -> dict[str, PyTree]:
             directory, args=ocp.args.PyTreeRestore(restore_args=restore_args)
         )
     except Exception as e:  # orbax raises many types; name the path either way.
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{directory}: cannot read orbax checkpoint ({first_line}).") from e
+        reason = paths.error_summary(e)
+        raise CheckpointError(f"{directory}: cannot read orbax checkpoint ({reason}).") from e
     finally:
         checkpointer.close()

@@ -24,6 +24,7 @@ Two layouts are ours:
 from __future__ import annotations
 
 import os
+import re
 
 from etils import epath
 
@@ -41,6 +42,25 @@ UNREADABLE_DIR = "unreadable_checkpoints"
 
 class CheckpointError(ValueError):
     """A checkpoint path that does not exist, is not ours, is unreadable or does not fit."""
+
+
+def error_summary(error: BaseException, limit: int = 300) -> str:
+    """One readable line for an orbax / TensorStore error.
+
+    TensorStore messages are a chain `CODE: Error opening ...: Error reading ...: <cause>`
+    followed by `[tensorstore_spec='{...}']` reprs of a few kilobytes: cutting that at a fixed
+    length ends the line in the middle of a JSON spec. The reprs are dropped and the chain
+    is shortened to its code and its last three links (the file and the cause).
+    """
+    text = str(error).strip()
+    text = text.splitlines()[0] if text else type(error).__name__
+    text = re.split(r"\s*\[(?:tensorstore_spec|source locations)", text)[0].strip()
+    links = text.split(": ")
+    if len(links) > 4:
+        text = ": ".join([links[0], "...", *links[-3:]])
+    if len(text) > limit:
+        text = text[: limit - 4].rsplit(" ", 1)[0] + " ..."
+    return text
 
 
 def absolute_path(path) -> epath.Path:

@@ -207,7 +207,7 @@ class TrainCheckpointer:
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:  # noqa: BLE001  orbax/tensorstore raise many types
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                reason = paths.error_summary(e)
                 failures.append(f"step {step}: {reason}")
                 logging.warning(
                     "Checkpoint step %d in %s is unreadable (%s); trying an older one.",
@@ -221,7 +221,8 @@ class TrainCheckpointer:
                 self._set_aside([s for s in steps if s > step])
             return dict(restored["model"]), dict(restored["train"]), step
         raise CheckpointError(
-            f"{self.directory}: no checkpoint could be read: " + "; ".join(failures)
+            f"{self.directory}: no checkpoint could be read ({'; '.join(failures)}): move "
+            "that folder away to start afresh, or pass another --workdir."
         )
 
     def _set_aside(self, steps: list[int]) -> None:

@@ -1,12 +1,15 @@
 """`prepare --align`: a user's unaligned image folder stored as aligned face crops (issue 10).
 
 Each image goes through the very steps of `predict --align` (`inference.align.
-align_largest_face`): detect the largest face, predict its points with the landmark network
-on the square crop, warp it by a similarity onto the five-point template into an S x S crop.
-What prediction falls back to is stored instead, and counted:
+align_best_face`): detect the surest face (highest detector score, then the largest), predict
+its points with the landmark network on the square crop, warp it by a similarity onto the
+five-point template into an S x S crop, and check with the detector that the warped image
+shows a face where the template puts it. What prediction falls back to is stored instead,
+and counted:
 
-- 'fallback_crop': the landmarks are implausible (`align.implausibility`): the square crop
-  around the detected box (`--margin`), unresized;
+- 'fallback_crop': the landmarks are implausible (`align.implausibility`) or the detector
+  sees no face where they put it (`align.not_a_face_there`): the square crop around the
+  detected box (`--margin`), unresized; the reason of each is in ALIGNMENT_FILE;
 - 'no_face': the detector found nothing: the whole image.
 
 The aligned preparation is the builder config `<config>_aligned` (ALIGNED_SUFFIX), next to
@@ -43,13 +46,15 @@ class FolderAligner:
     """Aligns the images of one preparation and counts what happened to each.
 
     Attributes:
-      detector: anything with `detect(image) -> [FaceBox]`, largest first.
+      detector: anything with `detect(image) -> [FaceBox]`, surest first (also checks each
+        aligned face).
       landmarks: anything with `layout` and `predict_points(crops) -> (K, N, 2)` crop pixels.
       template: a name of `inference.align.TEMPLATES`.
       size: S, the side of the aligned crops.
       margin: square-crop context around the box, fraction of its side.
       settings: extra facts written to ALIGNMENT_FILE (landmark checkpoint, detector name).
-      counts: {split: Counter(status)}; fallbacks: {status: [file names]} (not 'aligned').
+      counts: {split: Counter(status)}; fallbacks: {status: [file names]} (not 'aligned');
+      reasons: {file name: why it fell back to the square crop}.
     """
 
     detector: Any
@@ -60,6 +65,7 @@ class FolderAligner:
     settings: dict = dataclasses.field(default_factory=dict)
     counts: dict = dataclasses.field(default_factory=dict)
     fallbacks: dict = dataclasses.field(default_factory=dict)
+    reasons: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         from grefel_jax.inference import align as align_lib
@@ -70,12 +76,14 @@ class FolderAligner:
         """(H, W, 3) uint8 RGB -> the crop to store (see the module doc), counted."""
         from grefel_jax.inference import align as align_lib
 
-        crop, status, _ = align_lib.align_largest_face(
+        crop, status, reason = align_lib.align_best_face(
             rgb, self.detector, self.landmarks, self._template, self.size, self.margin
         )
         self.counts.setdefault(split, collections.Counter())[status] += 1
         if status != "aligned":
             self.fallbacks.setdefault(status, []).append(file_name)
+        if reason:
+            self.reasons[file_name] = reason
         return crop
 
     def totals(self) -> dict[str, int]:
@@ -97,6 +105,7 @@ class FolderAligner:
                 split: {s: int(c[s]) for s in STATUSES} for split, c in sorted(self.counts.items())
             },
             "fallback_files": {s: sorted(self.fallbacks.get(s, [])) for s in STATUSES[1:]},
+            "fallback_reasons": dict(sorted(self.reasons.items())),
         }
 
 
@@ -105,7 +114,8 @@ def summary_line(counts: dict[str, int]) -> str:
     total = sum(counts.values())
     return (
         f"Alignment: {counts['aligned']} aligned, {counts['fallback_crop']} fallback-crop "
-        f"(implausible landmarks), {counts['no_face']} no-face (of {total} images)."
+        f"(landmarks implausible or not on a face), {counts['no_face']} no-face "
+        f"(of {total} images)."
     )
 
 

@@ -46,4 +46,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Folder to write the PNG faces into.", required=True)
     flags.DEFINE_integer("per_class", 1, "Faces per class.")
     flags.DEFINE_integer("size", 96, "Image side in pixels.")
-    app.run(main)
+    from grefel_jax import cli
+
+    app.run(main, flags_parser=cli.parse_flags)

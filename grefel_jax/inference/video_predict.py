@@ -78,7 +78,9 @@ def predict_video(
       detector: overrides `predictor.detector`.
 
     Yields:
-      `(frame, faces)` per kept frame; faces largest first, as the detector orders them.
+      `(frame, faces)` per kept frame (every frame, faces empty where there is none); faces
+      surest first, as the detector orders them, without the detections of tracks that
+      never looked like a face (`tracking.IoUTracker`).
     """
     detector = detector or predictor.detector
     names = predictor.class_names
@@ -114,8 +116,17 @@ def predict_video(
                 np.stack([f.corrected_probs for f in faces])
                 if faces
                 else np.zeros((0, len(names))),
+                image_shape=frame.image.shape,
             )
-            yield frame, [_video_face(f, m, names) for f, m in zip(faces, matches)]
+            # Detections whose track never looked like a face (track_id None) are left out.
+            yield (
+                frame,
+                [
+                    _video_face(f, m, names)
+                    for f, m in zip(faces, matches)
+                    if m.track_id is not None
+                ],
+            )
 
 
 def _video_face(face: FacePrediction, match, names: Sequence[str]) -> VideoFace:

@@ -21,6 +21,24 @@ OFFICIAL_VIT_DIM = 768
 LANDMARK_QUERIES = ("network", "constant")
 
 
+def _check_ranges(obj, where: str, positive=(), non_negative=(), at_least_one=()) -> None:
+    """Raises ValueError naming `where.field` for the first field outside its range; tuple
+    fields are checked element by element, None values are skipped."""
+    for names_, test, rule in (
+        (positive, lambda v: v > 0, "> 0"),
+        (non_negative, lambda v: v >= 0, ">= 0"),
+        (at_least_one, lambda v: v >= 1, ">= 1"),
+    ):
+        for name in names_:
+            value = getattr(obj, name)
+            values = value if isinstance(value, (tuple, list)) else (value,)
+            if value is not None and not all(
+                isinstance(v, (int, float)) and test(v) for v in values
+            ):
+                each = " (each)" if isinstance(value, (tuple, list)) else ""
+                raise ValueError(f"{where}.{name}={value!r} must be {rule}{each}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class BackboneConfig:
     """Sizes of the POSTER++ feature extractor (docs/model.md §1).
@@ -67,6 +85,21 @@ class BackboneConfig:
     landmark_queries: Literal["network", "constant"] = "network"
 
     def __post_init__(self):
+        _check_ranges(
+            self,
+            "model.backbone",
+            positive=("image_size", "dims", "ir_units", "window_heads", "vit_dim", "vit_heads"),
+            non_negative=("mfn_units", "vit_depth", "layer_scale_init"),
+            at_least_one=("vit_mlp_ratio",),
+        )
+        if not 0.0 <= self.drop_path_max < 1.0:
+            raise ValueError(
+                f"model.backbone.drop_path_max={self.drop_path_max} must be in [0, 1)."
+            )
+        if self.vit_init_std is not None and not self.vit_init_std > 0:
+            raise ValueError(
+                f"model.backbone.vit_init_std={self.vit_init_std} must be > 0 (or None)."
+            )
         if self.landmark_queries not in LANDMARK_QUERIES:
             raise ValueError(
                 f"model.backbone.landmark_queries={self.landmark_queries!r}: expected one of "
@@ -171,6 +204,19 @@ class HeadConfig:
             )
         if self.num_classes < 2:
             raise ValueError(f"model.head.num_classes={self.num_classes} must be >= 2.")
+        _check_ranges(
+            self,
+            "model.head",
+            positive=(
+                "mlp_hidden",
+                "temperature",
+                "num_anchors",
+                "delta",
+                "attention_heads",
+                "attention_tokens",
+            ),
+            non_negative=("reduction_dim", "anchor_init_std"),
+        )
 
     @property
     def batch_dependent(self) -> bool:
@@ -190,6 +236,21 @@ class ModelConfig:
 
     backbone: BackboneConfig = BackboneConfig()
     head: HeadConfig = HeadConfig()
+
+    def __post_init__(self):
+        head = self.head
+        if head.kind == "grefel" and head.attention == "per_sample":
+            # The per-sample attention splits the head embedding into tokens and heads; the
+            # head checks this too, but only when the model is traced (after compiling).
+            dim = head.reduction_dim or self.backbone.vit_dim
+            if dim % head.attention_tokens or (dim // head.attention_tokens) % head.attention_heads:
+                raise ValueError(
+                    f"model.head.attention_tokens={head.attention_tokens} and "
+                    f"attention_heads={head.attention_heads}: the head embedding dim {dim} "
+                    "(model.head.reduction_dim, or model.backbone.vit_dim when it is None/0) "
+                    "must be divisible by attention_tokens, and dim / attention_tokens by "
+                    "attention_heads."
+                )
 
 
 # Exact POSTER++ dimensions.

@@ -73,4 +73,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from grefel_jax import cli
+
+    app.run(main, flags_parser=cli.parse_flags)
