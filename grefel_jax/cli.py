@@ -44,7 +44,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         argv[:ours] = ["--help" if a == "-h" else a for a in argv[:ours]]
     try:
         remaining = flags.FLAGS(list(argv))
-        if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
+        if "config" in flags.FLAGS and _is_config_file_flag(flags.FLAGS["config"]):
             # A config file that failed to load raises on first use, not while parsing.
             flags.FLAGS.config.keys()
             _check_run_config(flags.FLAGS.config)
@@ -62,6 +62,14 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     except ValueError as e:  # raised by a config's get_config(arg)
         fail(f"--config: {e}")
     return []
+
+
+def _is_config_file_flag(flag) -> bool:
+    """True for an ml_collections `--config FILE` flag that was given (`data.prepare` has a
+    plain string `--config`, the builder config)."""
+    from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+
+    return isinstance(flag.parser, ConfigFileFlagParser) and flag.value is not None
 
 
 def _check_run_config(config) -> None:

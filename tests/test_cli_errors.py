@@ -245,3 +245,18 @@ def test_error_summary_keeps_the_cause_and_drops_the_spec():
         '"/r/checkpoints/7/model/": Error reading local file "/r/x": No such file'
     )
     assert len(paths.error_summary(ValueError("x" * 50 + " y" * 400))) <= 300
+
+
+def test_prepare_takes_its_builder_config_as_a_plain_string(tmp_path):
+    """`data.prepare --config NAME` is a builder config, not a config file: the shared flag
+    parser must not read it as one (a regression: `--config 96` failed as 'no key str')."""
+    result = subprocess.run(
+        [sys.executable, "-m", "grefel_jax.data.prepare", "--dataset", "synthetic_faces"]
+        + ["--config", "tiny_64", "--data_dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=ENV,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Prepared synthetic_faces/tiny_64" in result.stdout
