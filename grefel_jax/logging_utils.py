@@ -142,6 +142,28 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def git_commit() -> str | None:
+    """The commit of the grefel_jax source tree, marked when it has uncommitted changes;
+    None outside a git checkout (an installed package)."""
+    import subprocess
+
+    root = epath.Path(__file__).parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + (" (with uncommitted changes)" if dirty else "")
+
+
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages that matter for reproducing a run."""
     versions = {"python": platform.python_version()}
@@ -167,6 +189,7 @@ def write_run_info(workdir: str | epath.PathLike, config: Any) -> None:
     (workdir / "config.json").write_text(text)
     info = {
         "versions": package_versions(),
+        "git_commit": git_commit(),
         "devices": {
             "platform": jax.devices()[0].platform,
             "device_kind": jax.devices()[0].device_kind,

@@ -25,10 +25,9 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from grefel_jax import logging_utils
 from grefel_jax.models import names
@@ -90,7 +89,7 @@ def package(kind: str, workdir: str, out: str) -> pathlib.Path:
         "kind": kind,
         "init_from": f"package:{name}",
         "rebuild": {"command": REBUILD["command"], "recipe": REBUILD["recipes"][kind]},
-        "commit": _git_commit(),
+        "commit": _run_commit(workdir_path),
         "workdir": str(workdir),
         "checkpoint_step": meta.get("step"),
         "report": json.loads(report_file.read_text()),
@@ -104,11 +103,19 @@ def package(kind: str, workdir: str, out: str) -> pathlib.Path:
         "training_seconds": _training_seconds(workdir_path),
     }
     provenance["report"].pop("neighbours", None)  # per-image rows: in the workdir's report
+    provenance["report"]["source"] = str(workdir)  # as given: no path of the building machine
     checkpoints.save_inference_checkpoint(
         target, kept, record, extra_metadata={"provenance": PROVENANCE, "kind": kind}
     )
     (target / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
     return target
+
+
+def _run_commit(workdir: pathlib.Path) -> str:
+    """The commit the pretraining ran at (its `versions.json`), else the packaging one."""
+    path = workdir / "versions.json"
+    recorded = json.loads(path.read_text()).get("git_commit") if path.is_file() else None
+    return recorded or f"{logging_utils.git_commit()} (at packaging; the run recorded none)"
 
 
 def _training_seconds(workdir: pathlib.Path) -> float | None:
@@ -125,22 +132,6 @@ def _training_seconds(workdir: pathlib.Path) -> float | None:
     return round(max(times) - min(times), 1) if len(times) > 1 else None
 
 
-def _git_commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return head + (" (with uncommitted changes)" if dirty else "")
-
-
 _IDENTITY = flags.DEFINE_string("identity", None, "A finished identity pretraining workdir.")
 _LANDMARKS = flags.DEFINE_string("landmarks", None, "A finished landmark pretraining workdir.")
 _OUT = flags.DEFINE_string("out", "grefel_jax/assets/pretrained", "Where the packages go.")
@@ -151,6 +142,7 @@ def main(argv):
 
     if len(argv) > 1:
         cli.fail(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every array it writes at INFO
     sources = {"identity": _IDENTITY.value, "landmarks": _LANDMARKS.value}
     if not any(sources.values()):
         cli.fail("--identity and/or --landmarks: give at least one finished workdir.")
