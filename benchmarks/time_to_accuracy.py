@@ -40,7 +40,7 @@ INITS = {
     "both": "{identity},{landmarks}",
 }
 HEADS = ("poster", "grefel")
-REPORTED_STEPS = (300, 600, 1200, 1800)
+REPORTED_STEPS = (300, 600, 1200, 1800, 2400)
 
 _DATA_DIR = flags.DEFINE_string("data_dir", "data", "Prepared datasets (synthetic_faces/demo_96).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/time_to_accuracy", "One sub-workdir per run.")

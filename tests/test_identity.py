@@ -124,6 +124,20 @@ def test_cosface_and_arcface_logits_on_a_hand_made_case():
     np.testing.assert_allclose(plain, 10 * cosine, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["arcface", "cosface"])
+def test_margin_loss_takes_a_traced_margin(kind):
+    """The margin warm-up makes m a function of the step: the loss must trace with it."""
+    import jax
+
+    cosine = np.array([[0.5, 0.1, -0.2]], np.float32)
+    labels = np.array([0])
+    traced = jax.jit(
+        lambda c, m: losses.margin_loss(c, labels, kind=kind, scale=30.0, margin=m)
+    )(cosine, np.float32(0.3))
+    plain = losses.margin_loss(cosine, labels, kind=kind, scale=30.0, margin=0.3)
+    assert float(traced) == pytest.approx(float(plain), rel=1e-5)
+
+
 def test_margin_loss_has_finite_gradients_at_the_poles():
     import jax
 

@@ -33,8 +33,8 @@ def margin_logits(
       labels: (B,) int identity indices in [0, N).
       kind: 'arcface' or 'cosface'.
       scale: s.
-      margin: m (radians for ArcFace, cosine units for CosFace); 0 = plain normalised
-        softmax (a warm-up without margin).
+      margin: m (radians for ArcFace, cosine units for CosFace), a float or a traced ()
+        array (the warm-up); 0 = plain normalised softmax.
 
     Returns:
       (B, N) float32 logits.
@@ -46,10 +46,12 @@ def margin_logits(
     if kind == "cosface":
         target = cosine - margin
     else:
+        # jnp, not math: the margin may be traced (its warm-up is a function of the step).
+        margin = jnp.asarray(margin, jnp.float32)
         sine = jnp.sqrt(jnp.maximum(1.0 - cosine**2, SIN_EPS))
-        shifted = cosine * math.cos(margin) - sine * math.sin(margin)  # cos(θ + m)
-        threshold = math.cos(math.pi - margin)
-        target = jnp.where(cosine > threshold, shifted, cosine - margin * math.sin(margin))
+        shifted = cosine * jnp.cos(margin) - sine * jnp.sin(margin)  # cos(θ + m)
+        threshold = jnp.cos(math.pi - margin)
+        target = jnp.where(cosine > threshold, shifted, cosine - margin * jnp.sin(margin))
     return scale * jnp.where(onehot, target, cosine)
 
 
