@@ -193,7 +193,11 @@ def load_pretrained(
         logging.info("init_from %s: loaded %s.", source, ", ".join(modules) or "nothing")
     params = jax.device_put(merged["params"], state_shardings.params)
     batch_stats = jax.device_put(merged["batch_stats"], state_shardings.batch_stats)
-    ema = None if state.ema_params is None else jax.device_put(params, state_shardings.ema_params)
+    # The EMA starts equal to the parameters but must own its buffers: the step donates the
+    # whole state, and two leaves on one buffer is a double donation.
+    ema = None
+    if state.ema_params is not None:
+        ema = jax.device_put(merged["params"], state_shardings.ema_params)
     return state.replace(params=params, batch_stats=batch_stats, ema_params=ema)
 
 

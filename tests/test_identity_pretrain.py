@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
@@ -122,3 +123,36 @@ def test_an_expression_dataset_is_refused(tiny_faces_config, tmp_path):
     with pytest.raises(ValueError, match="labelled by identity"):
         identity.pretrain(config, str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()  # refused before anything was written
+
+
+def test_init_from_with_ema_gives_the_ema_its_own_buffers(pretrained):
+    """With EMA on, `init_from` copies the loaded parameters into the EMA: the jitted step
+    donates the whole state, and an EMA sharing the parameters' buffers was a double donation
+    (`Attempt to donate the same buffer twice`)."""
+    from grefel_jax import loop, sharding
+    from grefel_jax.train_state import TrainState
+
+    workdir = pretrained[0]
+    model_config = make_model_config(
+        "tiny", "grefel", 7, backbone_overrides={"image_size": IMAGE_SIZE}
+    )
+    shapes = checkpoints.expected_variable_shapes(model_config)
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1})
+    replicated = sharding.replicated(mesh)
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["params"])
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["batch_stats"]),
+        opt_state={},
+        ema_params=jax.tree.map(jnp.copy, params),
+        rng=jnp.zeros((2,), jnp.uint32),
+    )
+    shardings = jax.tree.map(lambda _: replicated, state)
+    state = loop.load_pretrained(state, (str(workdir),), shardings)
+    np.testing.assert_array_equal(
+        state.ema_params["ir_back"]["input_layer_0"]["kernel"],
+        state.params["ir_back"]["input_layer_0"]["kernel"],
+    )
+    donated = jax.jit(lambda s: s.replace(step=s.step + 1), donate_argnums=0)(state)
+    assert int(donated.step) == 1
