@@ -185,21 +185,16 @@ def find_label_issues(checkpoint: str, config, split: str, batch_size: int, out:
 
 def main(argv):
     del argv
-    from grefel_jax import checkpoints, cli, evaluate, logging_utils
-    from grefel_jax.data import errors as data_errors
+    from grefel_jax import cli, evaluate, logging_utils
 
     logging_utils.quiet_library_logs()
     out = Path(FLAGS.out)
-    try:
+    with cli.user_errors(KeyError):
         config = FLAGS.config
         if config is None:
             config = evaluate.load_workdir_config(FLAGS.checkpoint)
         batch_size = FLAGS.batch_size or int(config.eval_batch_size)
         summary = find_label_issues(FLAGS.checkpoint, config, FLAGS.split, batch_size, out)
-    except (checkpoints.CheckpointError, data_errors.DataError, ValueError, KeyError) as e:
-        if FLAGS.verbosity >= 1:
-            raise
-        cli.fail(str(e).strip("'\""))
     print(
         f"{out}: {summary['num_records']} records ranked; contact sheet {out.with_suffix('.png')}"
     )
