@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from face_checks import dark_centroid
 
+from grefel_jax.data import landmark_layouts as points_lib
 from grefel_jax.data import synthetic_faces
 from grefel_jax.inference import align
-from grefel_jax.landmarks import points as points_lib
 
 LAYOUT = points_lib.SYNTHETIC_FACES
 RENDER = 256  # big enough that a pupil is ~5 px wide: it can be found in the warped image
@@ -115,8 +115,8 @@ def checkpoints_dir(tmp_path_factory):
 
     from grefel_jax import checkpoints as ckpt_lib
     from grefel_jax.data import classes
-    from grefel_jax.landmarks.model import LandmarkNet
     from grefel_jax.models import GReFEL, init_variables, make_model_config
+    from grefel_jax.models.landmarks import LandmarkNet
 
     config = make_model_config("tiny", "grefel", 7, backbone_overrides={"image_size": IMAGE_SIZE})
     variables = init_variables(GReFEL(config), jax.random.key(0, impl="unsafe_rbg"))

@@ -87,7 +87,8 @@ def test_init_from_loads_the_pretrained_trunk_into_grefel(pretrained):
 
 
 def test_datasets_without_the_layout_fail_in_one_line(tiny_faces_config):
-    from grefel_jax.landmarks import data, points
+    from grefel_jax.data import landmark_layouts as points
+    from grefel_jax.landmarks import data
 
     with pytest.raises(ValueError, match=r"synthetic_faces/tiny_64 stores landmarks of shape"):
         data.check_landmark_dataset(tiny_faces_config, points.IBUG_68)
