@@ -19,7 +19,7 @@ def tiny_faces_config(tmp_path_factory):
     """`config.data` of synthetic_faces/tiny_64 (140 train / 35 validation / 70 test, 64x64),
     prepared once into a session temporary folder."""
     from grefel_jax.data.config import get_data_config
-    from grefel_jax.data.prepare import prepare
+    from grefel_jax.prepare import prepare
 
     data_dir = str(tmp_path_factory.mktemp("tiny_faces"))
     prepare("synthetic_faces", data_dir=data_dir, config="tiny_64", verbose=False)
@@ -38,7 +38,7 @@ def tiny_identities_config(tmp_path_factory):
     """`config.data` of synthetic_identities/tiny_64 (12 train identities x 4 images, 20 + 20
     held-out identities x 3, 64x64), prepared once into a session temporary folder."""
     from grefel_jax.data.config import get_data_config
-    from grefel_jax.data.prepare import prepare
+    from grefel_jax.prepare import prepare
 
     data_dir = str(tmp_path_factory.mktemp("tiny_identities"))
     prepare("synthetic_identities", data_dir=data_dir, config="tiny_64", verbose=False)

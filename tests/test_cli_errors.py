@@ -157,7 +157,7 @@ def test_a_bad_config_value_is_one_line_before_the_workdir_exists(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     """An image_folder dataset of 12 images: its metadata is all the split check reads."""
-    from grefel_jax.data.prepare import prepare
+    from grefel_jax.prepare import prepare
 
     root = tmp_path_factory.mktemp("folder")
     rng = np.random.default_rng(0)

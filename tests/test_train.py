@@ -315,7 +315,7 @@ def test_unprepared_dataset_fails_fast_with_instructions(tmp_path):
         f"--config.data.data_dir={tmp_path / 'empty'}",
     )
     assert result.returncode == 2
-    assert "python -m grefel_jax.data.prepare --dataset raf_db" in result.stderr
+    assert "python -m grefel_jax.prepare --dataset raf_db" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from grefel_jax.data import align_folder, builders, errors
+from grefel_jax.data import builders, errors
 from grefel_jax.data.builders import base
 
 MANUAL_DATASETS_HINT = "the files named in the builder's MANUAL_DOWNLOAD_INSTRUCTIONS"
@@ -35,11 +35,11 @@ def resolve_config_name(name: str, builder_config: str | None) -> str | None:
 
 def prepare_command(name: str, config: str | None, data_dir: str, manual_dir=None) -> str:
     """The shell command that builds this dataset."""
-    cmd = f"python -m grefel_jax.data.prepare --dataset {name}"
+    cmd = f"python -m grefel_jax.prepare --dataset {name}"
     align = ""
-    if name == "image_folder" and config and config.endswith(align_folder.ALIGNED_SUFFIX):
+    if name == "image_folder" and config and config.endswith(builders.ALIGNED_SUFFIX):
         # `NAME_aligned` is what `--config NAME --align` writes.
-        config = config[: -len(align_folder.ALIGNED_SUFFIX)]
+        config = config[: -len(builders.ALIGNED_SUFFIX)]
         align = " --align --landmarks CKPT"
     if config:
         cmd += f" --config {config}"

@@ -262,7 +262,8 @@ def align_face(
 ) -> tuple[np.ndarray | None, str | None]:
     """One face's aligned crop from the landmark network's points on its square crop.
 
-    The step `Predictor.align_crops` (prediction) and `data.align_folder` (prepare) share.
+    The step that `Predictor.align_crops` (prediction) and `prepare.align_folder` (prepare
+    --align) share.
 
     Args:
       image: (H, W, 3) uint8 RGB, the whole image.
