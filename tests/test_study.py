@@ -102,7 +102,8 @@ def _study_config(data_config):
 def test_a_two_run_study_writes_its_reports_resumes_and_ranks_label_issues(
     tiny_faces_config, tmp_path, monkeypatch
 ):
-    from grefel_jax import label_issues, train
+    from grefel_jax import train
+    from grefel_jax.study import label_issues
 
     config = _study_config(tiny_faces_config)
     specs = grid.noise_grid(rates=(0.0, 0.5), heads=("grefel_k1",), seeds=(0,), steps=2)

@@ -6,10 +6,7 @@ from __future__ import annotations
 from grefel_jax.prepare.build import prepare  # noqa: F401  (the library entry point)
 
 if __name__ == "__main__":
-    from absl import app
-
     from grefel_jax import cli
     from grefel_jax.prepare import __main__ as command
 
-    command.define_flags()
-    app.run(command.main, flags_parser=cli.parse_flags)
+    cli.run_alias(command)

@@ -7,6 +7,7 @@ with a status: `ok` (faces predicted), `no_face` (read fine, no face found) or `
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -18,6 +19,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
+# Exit status of the prediction commands (checkpoint and export folder alike): every input
+# read and predicted (no face found counts as success), some input unreadable (each one
+# reported, the others still run), nothing could run (a bad checkpoint or setting).
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_FATAL = 2
+
 # Width of the numeric columns of the table; the file column adapts to the names.
 _TABLE_COLUMNS = (
     ("face", 4),
@@ -28,6 +36,17 @@ _TABLE_COLUMNS = (
     ("prob", 6),
     ("confidence", 10),
 )
+
+
+@contextlib.contextmanager
+def open_output(path: str, stdout: TextIO, newline: str | None = None):
+    """A text stream to write a report to: `path`, or `stdout` when path is '-'."""
+    if path == "-":
+        yield stdout
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline=newline) as f:
+        yield f
 
 
 def status(result) -> str:
