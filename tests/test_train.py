@@ -18,7 +18,7 @@ import pytest
 
 from grefel_jax import checkpoints, sharding, train
 from grefel_jax.configs import base
-from grefel_jax.data import pipeline
+from grefel_jax.data import pipeline, source
 from grefel_jax.models import names
 from grefel_jax.trainer import build_trainer
 
@@ -94,7 +94,7 @@ def sharded_vs_single(tiny_faces_config):
     """20 steps of SGD + SAM with dropout and DropPath, on 1 device and on a (2, 4) mesh,
     from the same init on the same 20 batches; the states after step 1 and step 20."""
     config = sam_sgd_config(tiny_faces_config)
-    info = pipeline.dataset_info(config.data)
+    data = source.open_training_set(config.data)
     stream = pipeline.make_train_iterator(config.data, image_size=64, global_batch_size=16, seed=0)
     batches = [next(stream) for _ in range(20)]
     runs = {}
@@ -102,7 +102,7 @@ def sharded_vs_single(tiny_faces_config):
         ("single", sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])),
         ("sharded", sharding.make_mesh(config.mesh)),  # (2, 4), as the resume test
     ]:
-        trainer = build_trainer(config, info, mesh)
+        trainer = build_trainer(config, data, mesh)
         state = trainer.init_state(jax.random.key(0))
         initial = jax.device_get(state)
         specs = {str(x.sharding.spec) for x in jax.tree.leaves(state.params)}
