@@ -94,20 +94,6 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     return []
 
 
-def run_alias(command) -> None:
-    """Runs the command line of module `command` (its `define_flags` and `main`) as the
-    program, from a module kept under an older `python -m` name: the same flags, usage and
-    `--help`."""
-    from absl import app
-
-    sys.modules["__main__"].__doc__ = command.__doc__  # the usage that --help prints
-    command.define_flags()
-    # --help lists the key flags of the program's module, absl's sys.argv[0].
-    for flag in flags.FLAGS.get_key_flags_for_module(command):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(command.main, flags_parser=parse_flags)
-
-
 def _check_run_config(config) -> None:
     """`settings.check_config` for a training / evaluation run config (one with a model
     section); other configs (none so far) are left to their command."""

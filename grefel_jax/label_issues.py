@@ -4,8 +4,7 @@ disagrees with their labels)."""
 
 from __future__ import annotations
 
-if __name__ == "__main__":
-    from grefel_jax import cli
-    from grefel_jax.study import label_issues as command
+import runpy
 
-    cli.run_alias(command)
+if __name__ == "__main__":
+    runpy.run_module("grefel_jax.study.label_issues", run_name="__main__", alter_sys=True)

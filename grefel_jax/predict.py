@@ -1,10 +1,10 @@
-"""`python -m grefel_jax.predict`: the prediction command, `grefel_jax.inference.__main__`
-(its flags and usage); `grefel_jax.inference.command.run` is the same without flags."""
+"""`python -m grefel_jax.predict`: facial expressions in images and videos. The command is
+the inference package's (`grefel_jax/inference/__main__.py`: its flags and usage;
+`inference.command.run` is the same without flags); this name runs it."""
 
 from __future__ import annotations
 
-if __name__ == "__main__":
-    from grefel_jax import cli
-    from grefel_jax.inference import __main__ as command
+import runpy
 
-    cli.run_alias(command)
+if __name__ == "__main__":
+    runpy.run_module("grefel_jax.inference", run_name="__main__", alter_sys=True)

@@ -13,8 +13,8 @@ from flax.traverse_util import flatten_dict
 
 from grefel_jax import checkpoints
 from grefel_jax.configs import landmarks_synthetic
-from grefel_jax.landmarks import pretrain
 from grefel_jax.models import make_model_config
+from grefel_jax.pretrain import landmarks as pretrain
 
 IMAGE_SIZE = 64  # tiny_64's side: no resize
 

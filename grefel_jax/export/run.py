@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-from grefel_jax.export.predict import run  # noqa: F401  (the library entry point)
+import runpy
 
 if __name__ == "__main__":
-    from grefel_jax import cli
-    from grefel_jax.export import predict as command
-
-    cli.run_alias(command)
+    runpy.run_module("grefel_jax.export.predict", run_name="__main__", alter_sys=True)
