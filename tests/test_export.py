@@ -221,9 +221,9 @@ def test_onnx_runner_imports_neither_jax_nor_model_code(exported, faces):
 
 def test_bad_input_is_one_line(checkpoint, tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, "-m", "grefel_jax.export", "--checkpoint", str(checkpoint),
+    argv = [sys.executable, "-m", "grefel_jax.export", "--checkpoint", str(checkpoint),
                "--out", str(tmp_path / "x"), "--format", "stablehlo,tflite"]  # fmt: skip
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "ERROR: --format='stablehlo,tflite': expected a comma-separated subset of stablehlo,onnx."

@@ -204,7 +204,7 @@ def test_cli_reports_bad_files_and_keeps_going(trained, photos, tmp_path):
     _, _, inference_dir, _ = trained
     annotated = tmp_path / "annotated"
     out = tmp_path / "predictions.json"
-    command = [
+    argv = [
         sys.executable, "-m", "grefel_jax.predict",
         "--checkpoint", str(inference_dir),
         "--json", str(out),
@@ -215,7 +215,7 @@ def test_cli_reports_bad_files_and_keeps_going(trained, photos, tmp_path):
     ]  # fmt: skip
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert proc.returncode == command.EXIT_SOME_FAILED, proc.stderr
     rows = {Path(line.split()[0]).name: line for line in proc.stdout.splitlines()[1:]}
     assert "ERROR" in rows["broken.jpg"] and "broken.jpg" in rows["broken.jpg"].split("ERROR")[1]
