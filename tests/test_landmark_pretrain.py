@@ -26,6 +26,9 @@ def _config(data_config, steps: int):
     config.data.augment.rotation_degrees = 8.0
     config.data.eval_split = "validation"
     config.model.backbone.image_size = IMAGE_SIZE
+    # A constant rate, so that the resumed run compiles the very step of the first one (the
+    # persistent compilation cache serves it) instead of a step for another cosine length.
+    config.optim.schedule = "constant"
     config.optim.warmup_steps = 0
     config.optim.lr_backbone = 1e-2  # a visible fall within 16 steps
     config.batch_size = 16
