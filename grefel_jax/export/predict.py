@@ -16,7 +16,6 @@ Imports: numpy, PIL, OpenCV (the report module), and jax or onnxruntime; never f
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from typing import TextIO
 
 from grefel_jax.export import manifest as manifest_lib
 from grefel_jax.export.preprocessing import InputSpec, preprocess_batch
-from grefel_jax.inference.report import EXIT_FATAL, EXIT_OK, EXIT_SOME_FAILED, open_output
+from grefel_jax.inference.report import EXIT_FATAL, EXIT_OK, EXIT_SOME_FAILED
 
 DEFAULT_BATCH = 32  # predict's default, so batch-dependent heads see the same batches.
 
@@ -142,9 +141,7 @@ def run(
             "align": False,  # Artifacts take face crops; `predict --align` is not in them.
             "images": [report.image_record(r, names) for r in done],
         }
-        with open_output(json_path, stdout) as f:
-            json.dump(document, f, indent=2)
-            f.write("\n")
+        report.write_json(json_path, document, stdout)
     failed = sum(1 for r in done if r.error is not None)
     faces = sum(len(r.faces) for r in done)
     print(

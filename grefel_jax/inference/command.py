@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -304,9 +303,7 @@ def run_images(
             "align": predictor.align,
             "images": [report.image_record(r, names) for r in results],
         }
-        with open_output(outputs.json, stdout) as f:
-            json.dump(document, f, indent=2)
-            f.write("\n")
+        report.write_json(outputs.json, document, stdout)
     if outputs.csv:
         with open_output(outputs.csv, stdout, newline="") as f:
             report.write_csv(f, results, names)
@@ -416,9 +413,7 @@ def run_video(
             "every": settings.every,
             "frames": records,
         }
-        with open_output(outputs.json, stdout) as f:
-            json.dump(document, f, indent=2)
-            f.write("\n")
+        report.write_json(outputs.json, document, stdout)
     fps = frames_done / seconds if seconds > 0 else 0.0
     print(
         f"{len(sources)} video source(s): {frames_done} frame(s), {faces_done} face(s) "

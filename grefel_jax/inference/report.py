@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +48,13 @@ def open_output(path: str, stdout: TextIO, newline: str | None = None):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline=newline) as f:
         yield f
+
+
+def write_json(path: str, document: dict, stdout: TextIO) -> None:
+    """Writes a JSON report (indented, one trailing newline) to `path` ('-': stdout)."""
+    with open_output(path, stdout) as f:
+        json.dump(document, f, indent=2)
+        f.write("\n")
 
 
 def status(result) -> str:
