@@ -102,6 +102,10 @@ def _study_config(data_config):
 def test_a_two_run_study_writes_its_reports_resumes_and_ranks_label_issues(
     tiny_faces_config, tmp_path, monkeypatch
 ):
+    """One of the suite's slow tests, by nature: a study is training runs, so this trains
+    two (2 steps each), evaluates them and ranks a run's labels. The second run's programs
+    come from the persistent compilation cache; what is left is tracing, the steps and the
+    evaluations (about a minute on 2 cores under load)."""
     from grefel_jax import train
     from grefel_jax.study import label_issues
 

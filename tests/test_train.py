@@ -94,7 +94,11 @@ def sharded_vs_single(tiny_faces_config):
     """20 steps of SGD + SAM with dropout and DropPath, on 1 device and on a (2, 4) mesh,
     from the same init on the same 20 batches; the states after step 1 and step 20. The
     (2, 4) run is also the uninterrupted reference of the resume test: the training loop
-    builds the same step (`build_trainer`) on the same mesh, init seed and stream."""
+    builds the same step (`build_trainer`) on the same mesh, init seed and stream.
+
+    The suite's slowest fixture, by nature: it compiles the SAM train step twice (one device
+    and eight: different programs) and runs 40 steps; every other training test of this file
+    reuses what it computed or the compiled programs it left in the persistent cache."""
     config = sam_sgd_config(tiny_faces_config)
     data = source.open_training_set(config.data)
     stream = pipeline.make_train_iterator(config.data, image_size=64, global_batch_size=16, seed=0)
