@@ -74,10 +74,12 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         argv[:ours] = ["--help" if a == "-h" else a for a in argv[:ours]]
     try:
         remaining = flags.FLAGS(list(argv))
-        if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
-            # A config file that failed to load raises on first use, not while parsing.
-            flags.FLAGS.config.keys()
-            _check_run_config(flags.FLAGS.config)
+        config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+        # A config file (not a plain string flag called config, as prepare's builder config):
+        # one that failed to load raises on first use, not while parsing.
+        if config is not None and not isinstance(config, str):
+            config.keys()
+            _check_run_config(config)
         return remaining
     except SystemExit as e:
         if e.code == 1 and any(a.split("=")[0] in HELP_FLAGS for a in argv[1:ours]):

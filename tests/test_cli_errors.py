@@ -175,6 +175,19 @@ def test_model_config_values_are_checked_when_the_config_is_built(section, field
         make_model_config("tiny", **overrides)
 
 
+def test_a_config_flag_that_is_not_a_config_file_is_left_alone(tmp_path):
+    """`prepare --config NAME` names a builder config: a plain string, not a config file to
+    load and check (the quick start's first command)."""
+    result = _run(
+        "prepare",
+        "--dataset=synthetic_faces",
+        "--config=tiny_64",
+        f"--data_dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "synthetic_faces/tiny_64" in result.stdout
+
+
 def test_a_bad_config_value_is_one_line_before_the_workdir_exists(tmp_path):
     result = _run(
         "main",
