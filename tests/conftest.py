@@ -81,21 +81,27 @@ def tiny_identities_config(tmp_path_factory):
     return config
 
 
-# The longest files go first, longest first (measured in the suite on 2 cores, 2026-12-04:
-# test_train 2.5-3.5 min, test_multiprocess about 2, then 0.5-1.5 min each), so that under
-# `pytest -n 2 --dist loadfile` (make test) the short files fill in around them at the end,
-# instead of one long file starting last and running alone.
+# The longest files go first, longest first (each file's test time in the suite, `pytest -n 2
+# --dist loadfile` on 2 cores under other load, 2026-12-07: test_train 3.7 min, test_multiprocess
+# 2.9, test_study 1.7, test_multiprocess_pretrain 1.6, test_model 1.4, then 0.5-1.1 min each), so
+# that under `make test` the short files fill in around them at the end, instead of one long
+# file starting last and running alone.
 LONGEST_FIRST = (
     "test_train.py",
     "test_multiprocess.py",
     "test_study.py",
-    "test_colab_notebook.py",
-    "test_export.py",
-    "test_landmark_pretrain.py",
-    "test_benchmarks.py",
-    "test_predict.py",
+    "test_multiprocess_pretrain.py",
     "test_model.py",
-    "test_evaluate.py",
+    "test_benchmarks.py",
+    "test_export.py",
+    "test_convert_poster_v2.py",
+    "test_predict.py",
+    "test_identity_pretrain.py",
+    "test_colab_notebook.py",
+    "test_landmark_pretrain.py",
+    "test_align.py",
+    "test_video.py",
+    "test_cli_errors.py",
 )
 
 
