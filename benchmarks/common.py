@@ -11,7 +11,7 @@ import numpy as np
 
 from grefel_jax import logging_utils, sharding
 from grefel_jax.configs import base
-from grefel_jax.data.source import DatasetInfo
+from grefel_jax.data.source import DatasetInfo, TrainingSet
 from grefel_jax.trainer import build_trainer
 
 NUM_CLASSES = 7
@@ -35,10 +35,12 @@ def summary(times: list[float]) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
-def random_dataset(num_classes: int, batch_size: int) -> DatasetInfo:
-    """A stand-in DatasetInfo for random inputs (as benchmarks/train_step.py)."""
+def random_dataset(num_classes: int, batch_size: int) -> TrainingSet:
+    """A stand-in training set for random inputs (as benchmarks/train_step.py): no files, so
+    no class counts (the benchmarks turn class weighting off)."""
     names = tuple(f"class_{i}" for i in range(num_classes))
-    return DatasetInfo("random", None, num_classes, names, {"train": 1000 * batch_size}, False)
+    info = DatasetInfo("random", None, num_classes, names, {"train": 1000 * batch_size}, False)
+    return TrainingSet(info)
 
 
 def jax_trainer(variant: str, head: str, sam: bool, batch: int):

@@ -17,8 +17,9 @@ import time
 from absl import app, flags
 
 from grefel_jax.data import config as data_config_lib
-from grefel_jax.data import errors, pipeline, prepare
+from grefel_jax.data import errors, pipeline
 from grefel_jax.data import synthetic_faces as render
+from grefel_jax.prepare import build as prepare
 
 flags.DEFINE_string("data_dir", "/tmp/grefel_tfds", "TFDS data_dir.")
 flags.DEFINE_string("config", "demo_96", "synthetic_faces builder config to read.")

@@ -33,7 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from grefel_jax import sharding  # noqa: E402
-from grefel_jax.data import pipeline  # noqa: E402
+from grefel_jax.data import pipeline, source  # noqa: E402
 from grefel_jax.trainer import build_trainer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Training config.")
@@ -59,15 +59,16 @@ def main(argv):
     config = _CONFIG.value
     if _DATA_DIR.value:
         config.data.data_dir = _DATA_DIR.value
-    info = pipeline.dataset_info(config.data)
+    data = source.open_training_set(config.data)
     mesh = sharding.make_mesh(config.mesh)
-    trainer = build_trainer(config, info, mesh)
+    trainer = build_trainer(config, data, mesh)
     state = trainer.init_state(jax.random.key(config.seed))
     train_iter = pipeline.make_train_iterator(
         config.data,
         image_size=trainer.image_size,
         global_batch_size=config.batch_size,
         seed=config.seed,
+        training_set=data,
     )
     fixed = trainer.global_batch(next(train_iter))
 
@@ -93,7 +94,7 @@ def main(argv):
             "image_size": trainer.image_size,
             "num_workers": int(config.data.num_workers),
             "prefetch": int(config.data.prefetch),
-            "dataset": info.full_name,
+            "dataset": data.info.full_name,
         },
         "seconds_per_step": {k: common.summary(v) for k, v in times.items()},
         "steps_per_s": rates,

@@ -2,16 +2,20 @@
 
 A user's mistake (a misspelt config key, a config file that is not there, a workdir in use,
 an unreadable checkpoint) is reported as `ERROR: <what, naming the key or file>` on stderr
-with exit status 2. `--verbosity=1` (absl) shows the traceback as well, for bug reports.
+with exit status 2: `parse_flags` for the flags and the config, `user_errors` around a
+command's work. `--verbosity=1` (absl) shows the traceback instead, for bug reports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from absl import flags
+
+from grefel_jax.errors import UserError
 
 EXIT_USAGE = 2
 
@@ -20,6 +24,32 @@ def fail(message: str) -> None:
     """Prints `ERROR: message` (one line) to stderr and exits with status 2."""
     print(f"ERROR: {' '.join(str(message).split())}", file=sys.stderr)
     sys.exit(EXIT_USAGE)
+
+
+@contextlib.contextmanager
+def user_errors(*also: type[Exception]) -> Iterator[None]:
+    """The expected errors of a command's work, each reported by `fail` in one line.
+
+    Expected are a `UserError` (a dataset not prepared, a workdir in use, a checkpoint that
+    is missing or does not fit, ...), a ValueError (a config value: the message names the
+    key) and the types in `also` (a KeyError's message loses its quotes). Anything else is a
+    bug and keeps its traceback; so does every error with `--verbosity>=1`.
+    """
+    try:
+        yield
+    except (UserError, ValueError, *also) as e:
+        if _verbose():
+            raise
+        fail(str(e).strip("'\"") if isinstance(e, KeyError) else str(e))
+
+
+def _verbose() -> bool:
+    """`--verbosity>=1` (absl's flag; unparsed flags, as under tests, count as 0)."""
+    return (
+        flags.FLAGS.is_parsed()
+        and "verbosity" in flags.FLAGS
+        and flags.FLAGS["verbosity"].value >= 1
+    )
 
 
 # absl's help flags print the usage and exit with status 1 (as for a usage error); asking

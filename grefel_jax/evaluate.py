@@ -274,11 +274,10 @@ def main(argv: Sequence[str]) -> None:
     from absl import flags
 
     from grefel_jax import cli, logging_utils
-    from grefel_jax.data import errors as data_errors
 
     FLAGS = flags.FLAGS
     logging_utils.quiet_library_logs()
-    try:
+    with cli.user_errors():
         sharding.maybe_initialize_distributed()  # ValueError: inconsistent cluster environment
         if not checkpoints.absolute_path(FLAGS.checkpoint).exists():
             raise checkpoints.CheckpointError(
@@ -300,10 +299,6 @@ def main(argv: Sequence[str]) -> None:
             output_dir=FLAGS.output_dir,
             compute_dtype=settings.compute_dtype(config),
         )
-    except (checkpoints.CheckpointError, data_errors.DataError, ValueError) as e:
-        if FLAGS.verbosity >= 1:
-            raise
-        cli.fail(str(e))
     if jax.process_index() == 0:
         print(
             f"{split}: accuracy {summary['primary/accuracy']:.4f} (corrected "

@@ -33,8 +33,7 @@ def main(argv):
     # Everything heavy is imported after flag parsing so that --help and bad flags are fast.
     import jax
 
-    from grefel_jax import checkpoints, cli, evaluate, logging_utils, sharding, train
-    from grefel_jax.data import errors as data_errors
+    from grefel_jax import cli, evaluate, logging_utils, sharding, train
 
     config = FLAGS.config
     if config.mode not in MODES:
@@ -54,7 +53,7 @@ def main(argv):
         jax.device_count(),
         jax.devices()[0].device_kind,
     )
-    try:
+    with cli.user_errors():
         if config.mode in ("eval", "train_and_eval"):
             # A misspelt split fails now, not after the training steps have compiled.
             evaluate.check_split(config.data, config.data.eval_split, "config.data.eval_split")
@@ -70,15 +69,6 @@ def main(argv):
                 FLAGS.workdir,
                 evaluate_during_training=config.mode == "train_and_eval",
             )
-    except (
-        data_errors.DatasetNotPreparedError,
-        checkpoints.WorkdirBusyError,
-        checkpoints.CheckpointError,
-        ValueError,  # config validation: the message names the key
-    ) as e:
-        if FLAGS.verbosity >= 1:
-            raise
-        cli.fail(str(e))
     if jax.process_index() == 0:
         print(
             f"\nLogs: {FLAGS.workdir}/metrics.jsonl; "

@@ -1,8 +1,13 @@
 """Config -> objects: the one module that interprets an `ml_collections` run config.
 
 Training, evaluation, prediction, the study and the benchmarks call these functions and
-then work with typed, validated objects (ModelConfig, LossConfig, RunLength, a dtype),
-never with the config's fields. A misspelt or invalid field fails here, naming its key.
+then work with typed, validated objects (ModelConfig, LossConfig, RunLength,
+TrainerSettings, LoopSettings, a dtype), never with the config's fields. A misspelt or
+invalid field fails here, naming its key. Two sections go on whole to the module that owns
+their keys: `config.data` to the data package (`data/config.py` lists them; the training
+setup opens the dataset once, `data.source.open_training_set`), and the optimizer's keys of
+`config.optim` to `optim.make_optimizer` (through `TrainerSettings.optimizer`). The
+pretraining tasks read their own sections (`config.landmarks`, `config.identity`).
 """
 
 from __future__ import annotations
@@ -126,9 +131,45 @@ def run_length(config, train_size: int) -> RunLength:
     )
 
 
-def sam_rho(config) -> float:
-    """SAM radius of the optimizer section: 0 when SAM is off."""
-    return float(config.optim.sam_rho) if config.optim.sam else 0.0
+@dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+    """What a trainer (`trainer.build_trainer` and the pretraining trainers) reads of a run
+    config besides the model, the loss and the run length.
+
+    Attributes:
+      batch_size: the global batch.
+      compute_dtype: the model's compute dtype.
+      optimizer: the `config.optim` keys, for `optim.make_optimizer` (it reads the
+        optimizer's own: name, learning rate per group, schedule, clipping).
+      sam_rho: SAM radius; 0 = SAM off.
+      sam_adaptive: ASAM instead of SAM.
+      ema_decay: EMA decay of the weights; 0 = no EMA.
+      fsdp_min_size: arrays with fewer elements stay replicated (`sharding.param_shardings`).
+    """
+
+    batch_size: int
+    compute_dtype: Any
+    optimizer: Mapping[str, Any]
+    sam_rho: float
+    sam_adaptive: bool
+    ema_decay: float
+    fsdp_min_size: int
+
+
+def trainer_settings(config) -> TrainerSettings:
+    """TrainerSettings of a run config (GReFEL training or a pretraining)."""
+    if config.batch_size <= 0:
+        raise ValueError(f"config.batch_size={config.batch_size} must be positive.")
+    optim = config.optim
+    return TrainerSettings(
+        batch_size=int(config.batch_size),
+        compute_dtype=compute_dtype(config),
+        optimizer=dict(optim.items()),
+        sam_rho=float(optim.sam_rho) if optim.sam else 0.0,
+        sam_adaptive=bool(optim.sam_adaptive),
+        ema_decay=float(optim.ema_decay),
+        fsdp_min_size=int(config.mesh.fsdp_min_size),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

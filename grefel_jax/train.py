@@ -1,7 +1,8 @@
 """GReFEL training, read top to bottom (setup is `trainer.build_trainer`, the loop is
 `grefel_jax.loop`, shared with both pretrainings).
 
-1. Dataset check: an unprepared dataset fails before anything is written.
+1. The training set, opened once (`source.open_training_set`: metadata, the records read,
+   their class counts when asked): an unprepared dataset fails before anything is written.
 2. The task (under the workdir lock): the Trainer (model, optimizer, shardings, jitted step),
    the training stream, and with `evaluate_during_training` the evaluator of
    `config.data.eval_split`, whose `config.best_metric` picks the best checkpoint.
@@ -18,6 +19,7 @@ import jax
 from etils import epath
 
 from grefel_jax import checkpoints, loop
+from grefel_jax.data.source import TrainingSet
 from grefel_jax.train_state import TrainState
 from grefel_jax.trainer import build_trainer
 
@@ -42,25 +44,28 @@ def train_and_evaluate(
     Returns:
       The final TrainState.
     """
-    from grefel_jax.data import pipeline
+    from grefel_jax.data import source
 
-    info = pipeline.dataset_info(config.data)
+    data = source.open_training_set(config.data)
     result = loop.run(
         config,
         workdir,
-        lambda mesh: grefel_task(config, info, mesh, evaluate=evaluate_during_training),
+        lambda mesh: grefel_task(config, data, mesh, evaluate=evaluate_during_training),
         step_callback=step_callback,
     )
     return result.state
 
 
-def grefel_task(config, info, mesh: jax.sharding.Mesh, *, evaluate: bool = True) -> loop.Task:
-    """The loop's Task for GReFEL training of `config` on the dataset `info` over `mesh`."""
+def grefel_task(
+    config, data: TrainingSet, mesh: jax.sharding.Mesh, *, evaluate: bool = True
+) -> loop.Task:
+    """The loop's Task for GReFEL training of `config` on the training set `data` over `mesh`."""
     from grefel_jax import evaluate as eval_lib
     from grefel_jax import metrics as metrics_lib
     from grefel_jax.data import pipeline
 
-    trainer = build_trainer(config, info, mesh)
+    info = data.info
+    trainer = build_trainer(config, data, mesh)
     record = checkpoints.ModelRecord(
         trainer.model_config, class_names=info.class_names, dataset=info.full_name
     )
@@ -74,6 +79,7 @@ def grefel_task(config, info, mesh: jax.sharding.Mesh, *, evaluate: bool = True)
             global_batch_size=config.batch_size,
             seed=config.seed,
             start_step=start_step,
+            training_set=data,
         )
 
     periodic = final = None

@@ -1,9 +1,10 @@
-"""Training setup, separate from the loop: config + dataset + mesh -> a `Trainer`.
+"""Training setup, separate from the loop: config + training set + mesh -> a `Trainer`.
 
 `build_trainer` resolves every derived value once (model and loss configs, run length and
 periods, image size, class weights), builds the optimizer with its parameter groups, the
-shardings of the state, and the jitted train step. The training loop (`train.py`), the
+shardings of the state, and the jitted train step. The training task (`train.py`), the
 benchmarks, the study and the tests all start from it, so none of them assembles a step.
+The config is read through `settings`; the dataset arrives opened (`source.TrainingSet`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import optax
 
 from grefel_jax import optim, settings, sharding
-from grefel_jax.data.source import DatasetInfo
+from grefel_jax.data.source import DatasetInfo, TrainingSet
 from grefel_jax.losses import LossConfig
 from grefel_jax.models import GReFEL, ModelConfig
 from grefel_jax.train_state import TrainState
@@ -86,25 +87,26 @@ class Trainer:
         )
 
 
-def build_trainer(config, dataset: DatasetInfo, mesh: jax.sharding.Mesh) -> Trainer:
-    """Builds the Trainer for `config` on `dataset` over `mesh`.
+def build_trainer(config, data: TrainingSet, mesh: jax.sharding.Mesh) -> Trainer:
+    """Builds the Trainer for `config` on the training set `data` over `mesh`.
 
     Args:
       config: the run config (configs/*.py); read through `grefel_jax.settings`.
-      dataset: the training dataset's info (class count, split sizes, class names).
+      data: the training set (`source.open_training_set`): class count and names, the
+        records read per epoch, their class counts for class weighting.
       mesh: from `sharding.make_mesh`.
 
     Returns:
       The Trainer. Nothing is computed on devices yet except the class weights.
     """
-    sharding.check_batch_size(config.batch_size, mesh)
+    run = settings.trainer_settings(config)
+    sharding.check_batch_size(run.batch_size, mesh)
+    dataset = data.info
     model_config = settings.model_config(config, dataset.num_classes)
     loss_config = settings.loss_config(config)
-    from grefel_jax.data import source
-
     # Per-epoch schedules count the records training reads (a long-tailed subset if set).
-    length = settings.run_length(config, source.train_size(config.data, dataset))
-    model = settings.make_model(model_config, settings.compute_dtype(config))
+    length = settings.run_length(config, data.size)
+    model = settings.make_model(model_config, run.compute_dtype)
 
     abstract_params = jax.eval_shape(
         lambda: init_state(jax.random.key(0), model=model, tx=optax.identity(), use_ema=False)
@@ -114,14 +116,15 @@ def build_trainer(config, dataset: DatasetInfo, mesh: jax.sharding.Mesh) -> Trai
     )
     trainable = optim.trainable_mask(labels)
     tx, schedules = optim.make_optimizer(
-        config.optim, labels, steps_per_epoch=length.steps_per_epoch, total_steps=length.total_steps
+        run.optimizer,
+        labels,
+        steps_per_epoch=length.steps_per_epoch,
+        total_steps=length.total_steps,
     )
 
-    init_fn = functools.partial(init_state, model=model, tx=tx, use_ema=config.optim.ema_decay > 0)
+    init_fn = functools.partial(init_state, model=model, tx=tx, use_ema=run.ema_decay > 0)
     shapes = jax.eval_shape(init_fn, jax.random.key(0))
-    state_shardings = sharding.param_shardings(
-        shapes, mesh, fsdp_min_size=config.mesh.fsdp_min_size
-    )
+    state_shardings = sharding.param_shardings(shapes, mesh, fsdp_min_size=run.fsdp_min_size)
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_shardings
     )
@@ -129,13 +132,13 @@ def build_trainer(config, dataset: DatasetInfo, mesh: jax.sharding.Mesh) -> Trai
 
     class_weights = None
     if loss_config.class_weighting:
-        class_weights = jnp.asarray(source.class_weights(config.data), jnp.float32)
+        class_weights = jnp.asarray(data.class_weights(), jnp.float32)
     step_config = StepConfig(
         total_steps=length.total_steps,
         loss=loss_config,
-        sam_rho=settings.sam_rho(config),
-        sam_adaptive=bool(config.optim.sam_adaptive),
-        ema_decay=float(config.optim.ema_decay),
+        sam_rho=run.sam_rho,
+        sam_adaptive=run.sam_adaptive,
+        ema_decay=run.ema_decay,
     )
     batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("image", "label")}
     step = jax.jit(

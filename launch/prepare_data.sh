@@ -14,7 +14,7 @@ PYTHON="${PYTHON:-python}"
 
 prepare() {  # prepare NAME [CONFIG] [MANUAL_SUBDIR]
   local name="$1" config="${2:-}" manual="${3:-}"
-  local args=(-m grefel_jax.data.prepare --dataset "$name" --data_dir "$DATA_DIR")
+  local args=(-m grefel_jax.prepare --dataset "$name" --data_dir "$DATA_DIR")
   [[ -n "$config" ]] && args+=(--config "$config")
   if [[ -n "$manual" ]]; then
     if [[ ! -d "$MANUAL_ROOT/$manual" ]]; then

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from face_checks import dark_centroid
 
+from grefel_jax.data import landmark_layouts as points_lib
 from grefel_jax.data import synthetic_faces
 from grefel_jax.inference import align
-from grefel_jax.landmarks import points as points_lib
 
 LAYOUT = points_lib.SYNTHETIC_FACES
 RENDER = 256  # big enough that a pupil is ~5 px wide: it can be found in the warped image
@@ -115,8 +115,8 @@ def checkpoints_dir(tmp_path_factory):
 
     from grefel_jax import checkpoints as ckpt_lib
     from grefel_jax.data import classes
-    from grefel_jax.landmarks.model import LandmarkNet
     from grefel_jax.models import GReFEL, init_variables, make_model_config
+    from grefel_jax.models.landmarks import LandmarkNet
 
     config = make_model_config("tiny", "grefel", 7, backbone_overrides={"image_size": IMAGE_SIZE})
     variables = init_variables(GReFEL(config), jax.random.key(0, impl="unsafe_rbg"))
@@ -251,25 +251,22 @@ def test_cli_align_with_a_landmark_workdir_and_its_errors(face, checkpoints_dir,
 
     from PIL import Image
 
-    from grefel_jax import predict
+    from grefel_jax.inference import command
+    from grefel_jax.inference.command import Outputs, PredictorSettings
 
     image, _ = face
     path = tmp_path / "face.png"
     Image.fromarray(image).save(path)
     model, landmarks = str(checkpoints_dir / "model"), str(checkpoints_dir / "landmarks")
     out, err = io.StringIO(), io.StringIO()
-    code = predict.run(
+    code = command.run(
         [str(path)],
-        checkpoint=model,
-        detect=False,
-        align=True,
-        landmarks=landmarks,
-        json_path=str(tmp_path / "p.json"),
-        batch_size=2,
+        PredictorSettings(model, detect=False, align=True, landmarks=landmarks, batch_size=2),
+        outputs=Outputs(json=str(tmp_path / "p.json")),
         stdout=out,
         stderr=err,
     )
-    assert code == predict.EXIT_OK, err.getvalue()
+    assert code == command.EXIT_OK, err.getvalue()
     document = json.loads((tmp_path / "p.json").read_text())
     assert document["align"] is True
     (record,) = document["images"][0]["faces"]
@@ -283,10 +280,13 @@ def test_cli_align_with_a_landmark_workdir_and_its_errors(face, checkpoints_dir,
         ({"landmarks": landmarks}, "--landmarks is only used with --align"),
     ]:
         err = io.StringIO()
-        code = predict.run(
-            [str(path)], checkpoint=model, detect=False, stdout=io.StringIO(), stderr=err, **kwargs
+        code = command.run(
+            [str(path)],
+            PredictorSettings(model, detect=False, **kwargs),
+            stdout=io.StringIO(),
+            stderr=err,
         )
-        assert code == predict.EXIT_FATAL and message in err.getvalue(), err.getvalue()
+        assert code == command.EXIT_FATAL and message in err.getvalue(), err.getvalue()
         assert len(err.getvalue().strip().splitlines()) == 1  # one line, no traceback
 
 

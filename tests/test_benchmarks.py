@@ -13,6 +13,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_accelerator_smoke_writes_json(tmp_path):
+    """Slow by nature: the script itself runs, in a subprocess, and compiles a train step and
+    an inference of the tiny model (no cache: it is a fresh process of another device
+    count)."""
     # As a user runs it on a CPU: one device (the suite's 8 fake devices would not divide the
     # smoke run's batches of 1 and 2).
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]

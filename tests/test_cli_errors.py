@@ -9,7 +9,9 @@ compilation.
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,23 +28,16 @@ from grefel_jax.models import make_model_config
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
 
-# The `python -m grefel_jax.<module>` command lines that import jax only after their flags are
-# parsed: --help takes well under a second each. The others (evaluate, landmarks.pretrain,
-# pretrain.package, models.summary: absl; convert: argparse, whose --help exits 0 by itself)
-# import jax first (1.5-3 s each on 2 cores); they share `cli.parse_flags`, tested in-process
-# below, and the AST test checks that every absl command line uses it.
-LIGHT_COMMANDS = (
-    "main",
-    "predict",
-    "label_issues",
-    "study",
-    "data.prepare",
-    "data.samples",
-    "export",
-    "export.run",
-    "local_cluster",
-    "pretrain",
-)
+# Where the command lines are documented: each `python -m grefel_jax.<module>` named there must
+# exist and answer --help with exit status 0.
+DOCUMENTED_IN = ("README.md", "Makefile", "docs/*.md")
+
+
+def documented_commands() -> list[str]:
+    """The `grefel_jax.<module>` of every `python -m` that the documentation names."""
+    paths = [p for pattern in DOCUMENTED_IN for p in sorted(REPO.glob(pattern))]
+    text = "\n".join(p.read_text() for p in paths)
+    return sorted(set(re.findall(r"-m (grefel_jax(?:\.\w+)+)", text)))
 
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -64,26 +59,41 @@ def _one_error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_help_exits_with_0():
-    # Started together: most of the time is the interpreter importing the package.
-    start = time.perf_counter()
-    procs = {
-        m: subprocess.Popen(
-            [sys.executable, "-m", f"grefel_jax.{m}", "--help"],
+def test_every_documented_command_answers_help_with_0():
+    """Runs `--help` on every documented command line, six at a time: most of the time is
+    the interpreter importing the package (jax for the commands that import it before
+    parsing their flags)."""
+    modules = documented_commands()
+    # The commands of the quick start and of each task must be among those found.
+    assert {
+        "grefel_jax.main",
+        "grefel_jax.prepare",
+        "grefel_jax.predict",
+        "grefel_jax.evaluate",
+        "grefel_jax.pretrain",
+        "grefel_jax.study",
+        "grefel_jax.export",
+    } <= set(modules), modules
+
+    def help_of(module: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", module, "--help"],
             cwd=REPO,
             env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            capture_output=True,
             text=True,
+            timeout=300,
         )
-        for m in LIGHT_COMMANDS
-    }
-    outputs = {m: p.communicate(timeout=120) for m, p in procs.items()}
-    codes = {m: p.returncode for m, p in procs.items()}
-    assert codes == dict.fromkeys(LIGHT_COMMANDS, 0), {m: o[1][-300:] for m, o in outputs.items()}
-    for module, (out, _) in outputs.items():
-        assert "flags:" in out and "--helpfull" in out, (module, out[:300])
-    print(f"{len(LIGHT_COMMANDS)} --help runs in {time.perf_counter() - start:.1f} s")
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        results = dict(zip(modules, pool.map(help_of, modules)))
+    failed = {m: (r.returncode, r.stderr[-300:]) for m, r in results.items() if r.returncode}
+    assert failed == {}
+    for module, result in results.items():
+        # absl lists the flags ("Try --helpfull"), argparse prints its usage.
+        assert "--helpfull" in result.stdout or "usage:" in result.stdout, (module, result.stdout)
+    print(f"{len(modules)} --help runs in {time.perf_counter() - start:.1f} s")
 
 
 def test_every_absl_command_line_goes_through_cli_parse_flags():
@@ -118,6 +128,30 @@ def test_help_flags_exit_0_through_cli_parse_flags(flag, capsys):
     assert exit_info.value.code == 2
 
 
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys):
+    from grefel_jax.checkpoints import CheckpointError, WorkdirBusyError
+    from grefel_jax.data.errors import DatasetNotPreparedError
+
+    expected = [
+        DatasetNotPreparedError("Dataset 'x' is not prepared.\nBuild it with:\n  python -m ..."),
+        WorkdirBusyError("runs/a: another run holds it."),
+        CheckpointError("runs/b: no readable checkpoint."),
+        ValueError("config.batch_size=0 must be positive."),
+        KeyError("split 'tset' not found"),  # expected only where the command says so
+    ]
+    for error in expected:
+        with pytest.raises(SystemExit) as exit_info, cli.user_errors(KeyError):
+            raise error
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ERROR: ") and err.count("\n") == 1, err
+    assert err == "ERROR: split 'tset' not found\n"  # a KeyError's quotes are dropped
+    with pytest.raises(KeyError), cli.user_errors():
+        raise KeyError("not expected here")
+    with pytest.raises(RuntimeError), cli.user_errors():  # a bug keeps its traceback
+        raise RuntimeError("a bug")
+
+
 @pytest.mark.parametrize(
     "section, field, value, message",
     [
@@ -141,6 +175,19 @@ def test_model_config_values_are_checked_when_the_config_is_built(section, field
         make_model_config("tiny", **overrides)
 
 
+def test_a_config_flag_that_is_not_a_config_file_is_left_alone(tmp_path):
+    """`prepare --config NAME` names a builder config: a plain string, not a config file to
+    load and check (the quick start's first command)."""
+    result = _run(
+        "prepare",
+        "--dataset=synthetic_faces",
+        "--config=tiny_64",
+        f"--data_dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "synthetic_faces/tiny_64" in result.stdout
+
+
 def test_a_bad_config_value_is_one_line_before_the_workdir_exists(tmp_path):
     result = _run(
         "main",
@@ -157,7 +204,7 @@ def test_a_bad_config_value_is_one_line_before_the_workdir_exists(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     """An image_folder dataset of 12 images: its metadata is all the split check reads."""
-    from grefel_jax.data.prepare import prepare
+    from grefel_jax.prepare import prepare
 
     root = tmp_path_factory.mktemp("folder")
     rng = np.random.default_rng(0)

@@ -9,7 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from grefel_jax.data import classes, errors, prepare, source
+from grefel_jax.data import classes, errors, source
+from grefel_jax.prepare import build as prepare
 
 
 def _cfg(name, data_dir, config=None):
@@ -271,11 +272,12 @@ def test_prepare_cli(tmp_path):
 
     from absl import flags
 
-    import grefel_jax.data.prepare  # noqa: F401  (importing must not define flags)
+    import grefel_jax.data.prepare  # noqa: F401  (importing must not define flags,
+    import grefel_jax.prepare.__main__  # noqa: F401  neither the command nor its alias)
 
     assert "manual_dir" not in flags.FLAGS
     fx.write_raf_db(tmp_path / "raf", {"train": 1, "test": 1})
-    run = [sys.executable, "-m", "grefel_jax.data.prepare", "--data_dir", str(tmp_path / "d")]
+    run = [sys.executable, "-m", "grefel_jax.prepare", "--data_dir", str(tmp_path / "d")]
     ok = subprocess.run(
         [*run, "--dataset", "raf_db", "--manual_dir", str(tmp_path / "raf")],
         capture_output=True,

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from grefel_jax import preprocess
-from grefel_jax.data import augment, config, errors, noise, pipeline, pixel_cache, prepare, source
+from grefel_jax.data import augment, config, errors, noise, pipeline, pixel_cache, source
+from grefel_jax.prepare import build as prepare
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +280,7 @@ def test_dataset_info_and_not_prepared_error(synthetic_config, tmp_path):
     with pytest.raises(errors.DatasetNotPreparedError) as exc:
         pipeline.make_train_iterator(missing, image_size=32, global_batch_size=8, seed=0)
     assert (
-        f"python -m grefel_jax.data.prepare --dataset synthetic_faces --config tiny_64 "
+        f"python -m grefel_jax.prepare --dataset synthetic_faces --config tiny_64 "
         f"--data_dir {tmp_path}" in str(exc.value)
     )
     manual = missing.copy_and_resolve_references()

@@ -22,11 +22,13 @@ import skimage.data
 from PIL import Image
 
 from grefel_jax import checkpoints as ckpt_lib
-from grefel_jax import predict, preprocess
+from grefel_jax import preprocess
 from grefel_jax.data import classes
 from grefel_jax.export import exporter, manifest
+from grefel_jax.export import predict as runner
 from grefel_jax.export import preprocessing as export_preprocessing
-from grefel_jax.export import run as runner
+from grefel_jax.inference import command
+from grefel_jax.inference.command import Outputs, PredictorSettings
 from grefel_jax.models import GReFEL, init_variables, make_model_config
 
 IMAGE_SIZE = 32
@@ -86,15 +88,14 @@ def exported(checkpoint, tmp_path_factory):
 def expected(checkpoint, faces, tmp_path_factory):
     """`predict --no-detect --json` on the crops."""
     out = tmp_path_factory.mktemp("predict") / "predictions.json"
-    status = predict.run(
+    status = command.run(
         [str(faces)],
-        checkpoint=str(checkpoint),
-        detect=False,
-        json_path=str(out),
+        PredictorSettings(str(checkpoint), detect=False),
+        outputs=Outputs(json=str(out)),
         stdout=io.StringIO(),
         stderr=io.StringIO(),
     )
-    assert status == predict.EXIT_OK
+    assert status == command.EXIT_OK
     return json.loads(out.read_text())
 
 
@@ -104,7 +105,7 @@ def _run(export_dir, faces, tmp_path, **kwargs) -> dict:
     status = runner.run(
         export_dir, [str(faces)], json_path=str(out), stdout=io.StringIO(), stderr=stderr, **kwargs
     )
-    assert status == predict.EXIT_OK, stderr.getvalue()
+    assert status == command.EXIT_OK, stderr.getvalue()
     return json.loads(out.read_text())
 
 
@@ -146,7 +147,7 @@ def test_fixed_batch_artifact_pads_like_predict(checkpoint, faces, expected, tmp
     assert result.manifest["artifacts"]["stablehlo"]["input_shape"] == ["3", "32", "32", "3"]
     _assert_same_report(_run(out, faces, tmp_path), expected)  # 4 crops: 3 + 1 padded.
     stderr = io.StringIO()
-    assert runner.run(out, [str(faces)], batch_size=2, stderr=stderr) == predict.EXIT_FATAL
+    assert runner.run(out, [str(faces)], batch_size=2, stderr=stderr) == command.EXIT_FATAL
     assert "--batch_size=2" in stderr.getvalue() and "--batch 3" in stderr.getvalue()
 
 
@@ -184,7 +185,7 @@ def test_manifest_records_settings_and_checksums(exported, checkpoint, tmp_path,
     (copy / "model.onnx").write_bytes(bytes(data))
     stderr = io.StringIO()
     status = runner.run(copy, [str(faces)], fmt="onnx", stdout=io.StringIO(), stderr=stderr)
-    assert status == predict.EXIT_FATAL
+    assert status == command.EXIT_FATAL
     assert "model.onnx" in stderr.getvalue() and "SHA-256" in stderr.getvalue()
 
 
@@ -204,8 +205,8 @@ def test_runner_preprocessing_equals_predict():
 def test_onnx_runner_imports_neither_jax_nor_model_code(exported, faces):
     script = (
         "import io, sys\n"
-        "from grefel_jax.export import run\n"
-        f"status = run.run({str(exported)!r}, [{str(faces)!r}], fmt='onnx', json_path='-',"
+        "from grefel_jax.export import predict\n"
+        f"status = predict.run({str(exported)!r}, [{str(faces)!r}], fmt='onnx', json_path='-',"
         " stdout=io.StringIO())\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules"
         " if m.split('.')[0] in ('jax', 'flax', 'optax', 'orbax')"
@@ -220,9 +221,9 @@ def test_onnx_runner_imports_neither_jax_nor_model_code(exported, faces):
 
 def test_bad_input_is_one_line(checkpoint, tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, "-m", "grefel_jax.export", "--checkpoint", str(checkpoint),
+    argv = [sys.executable, "-m", "grefel_jax.export", "--checkpoint", str(checkpoint),
                "--out", str(tmp_path / "x"), "--format", "stablehlo,tflite"]  # fmt: skip
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "ERROR: --format='stablehlo,tflite': expected a comma-separated subset of stablehlo,onnx."
@@ -242,7 +243,7 @@ def test_bad_input_is_one_line(checkpoint, tmp_path):
     with pytest.raises(exporter.ExportError, match="not an empty directory"):
         exporter.export_checkpoint(str(checkpoint), tmp_path / "full")
     stderr = io.StringIO()
-    assert runner.run(tmp_path, ["a.png"], stderr=stderr) == predict.EXIT_FATAL
+    assert runner.run(tmp_path, ["a.png"], stderr=stderr) == command.EXIT_FATAL
     assert "model.json" in stderr.getvalue()
 
 

@@ -131,9 +131,9 @@ def test_margin_loss_takes_a_traced_margin(kind):
 
     cosine = np.array([[0.5, 0.1, -0.2]], np.float32)
     labels = np.array([0])
-    traced = jax.jit(
-        lambda c, m: losses.margin_loss(c, labels, kind=kind, scale=30.0, margin=m)
-    )(cosine, np.float32(0.3))
+    traced = jax.jit(lambda c, m: losses.margin_loss(c, labels, kind=kind, scale=30.0, margin=m))(
+        cosine, np.float32(0.3)
+    )
     plain = losses.margin_loss(cosine, labels, kind=kind, scale=30.0, margin=0.3)
     assert float(traced) == pytest.approx(float(plain), rel=1e-5)
 

@@ -25,6 +25,9 @@ def _config(data_config, steps: int):
     config = identity_synthetic.get_config()
     config.data = data_config
     config.model.backbone.image_size = IMAGE_SIZE
+    # A constant rate, so that the resumed run compiles the very step of the first one (the
+    # persistent compilation cache serves it) instead of a step for another cosine length.
+    config.optim.schedule = "constant"
     config.optim.warmup_steps = 0
     config.optim.lr_backbone = config.optim.lr_head = 3e-3
     config.identity.pairs_per_fold = 3

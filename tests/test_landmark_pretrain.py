@@ -13,8 +13,8 @@ from flax.traverse_util import flatten_dict
 
 from grefel_jax import checkpoints
 from grefel_jax.configs import landmarks_synthetic
-from grefel_jax.landmarks import pretrain
 from grefel_jax.models import make_model_config
+from grefel_jax.pretrain import landmarks as pretrain
 
 IMAGE_SIZE = 64  # tiny_64's side: no resize
 
@@ -26,6 +26,9 @@ def _config(data_config, steps: int):
     config.data.augment.rotation_degrees = 8.0
     config.data.eval_split = "validation"
     config.model.backbone.image_size = IMAGE_SIZE
+    # A constant rate, so that the resumed run compiles the very step of the first one (the
+    # persistent compilation cache serves it) instead of a step for another cosine length.
+    config.optim.schedule = "constant"
     config.optim.warmup_steps = 0
     config.optim.lr_backbone = 1e-2  # a visible fall within 16 steps
     config.batch_size = 16
@@ -87,7 +90,8 @@ def test_init_from_loads_the_pretrained_trunk_into_grefel(pretrained):
 
 
 def test_datasets_without_the_layout_fail_in_one_line(tiny_faces_config):
-    from grefel_jax.landmarks import data, points
+    from grefel_jax.data import landmark_layouts as points
+    from grefel_jax.landmarks import data
 
     with pytest.raises(ValueError, match=r"synthetic_faces/tiny_64 stores landmarks of shape"):
         data.check_landmark_dataset(tiny_faces_config, points.IBUG_68)

@@ -69,7 +69,7 @@ def _aug(**overrides):
 
 def test_flip_permutations_are_mirror_pairs():
     from grefel_jax.data import face_geometry as g
-    from grefel_jax.landmarks import points
+    from grefel_jax.data import landmark_layouts as points
 
     names = g.LANDMARK_NAMES
     perm = points.SYNTHETIC_FACES.flip_permutation
@@ -84,7 +84,7 @@ def test_flip_permutations_are_mirror_pairs():
 def test_flip_moves_the_left_eye_to_the_mirrored_right_eye_index():
     from grefel_jax.data import augment
     from grefel_jax.data import face_geometry as g
-    from grefel_jax.landmarks import points
+    from grefel_jax.data import landmark_layouts as points
 
     s = 32
     layout = points.SYNTHETIC_FACES

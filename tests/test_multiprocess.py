@@ -101,6 +101,7 @@ def _train_overrides(data_dir: str) -> list[str]:
         "--config.data.eval_split=test",
         "--config.final_eval_splits=()",
         "--config.mode=train",
+        "--config.init_from=",  # the tiny backbone is not the packaged one
         "--config.model.backbone.ir_units=(1,1,1)",
         "--config.model.backbone.vit_depth=1",
         "--config.batch_size=16",

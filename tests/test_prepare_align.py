@@ -17,10 +17,12 @@ import pytest
 from face_checks import dark_centroid
 from PIL import Image
 
-from grefel_jax.data import align_folder, errors, prepare, source
+from grefel_jax.data import errors, source
+from grefel_jax.data import landmark_layouts as points_lib
 from grefel_jax.data import synthetic_faces as faces_lib
 from grefel_jax.inference import FaceBox, align, crop_box
-from grefel_jax.landmarks import points as points_lib
+from grefel_jax.prepare import align_folder
+from grefel_jax.prepare import build as prepare
 
 LAYOUT = points_lib.SYNTHETIC_FACES
 RENDER = 256  # a pupil ~5 px wide, so it can be found in the stored crop

@@ -102,7 +102,12 @@ def _study_config(data_config):
 def test_a_two_run_study_writes_its_reports_resumes_and_ranks_label_issues(
     tiny_faces_config, tmp_path, monkeypatch
 ):
-    from grefel_jax import label_issues, train
+    """One of the suite's slow tests, by nature: a study is training runs, so this trains
+    two (2 steps each), evaluates them and ranks a run's labels. The second run's programs
+    come from the persistent compilation cache; what is left is tracing, the steps and the
+    evaluations (about a minute on 2 cores under load)."""
+    from grefel_jax import train
+    from grefel_jax.study import label_issues
 
     config = _study_config(tiny_faces_config)
     specs = grid.noise_grid(rates=(0.0, 0.5), heads=("grefel_k1",), seeds=(0,), steps=2)

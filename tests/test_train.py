@@ -18,7 +18,7 @@ import pytest
 
 from grefel_jax import checkpoints, sharding, train
 from grefel_jax.configs import base
-from grefel_jax.data import pipeline
+from grefel_jax.data import pipeline, source
 from grefel_jax.models import names
 from grefel_jax.trainer import build_trainer
 
@@ -92,9 +92,15 @@ PER_TENSOR_RTOL = 1e-2
 @pytest.fixture(scope="module")
 def sharded_vs_single(tiny_faces_config):
     """20 steps of SGD + SAM with dropout and DropPath, on 1 device and on a (2, 4) mesh,
-    from the same init on the same 20 batches; the states after step 1 and step 20."""
+    from the same init on the same 20 batches; the states after step 1 and step 20. The
+    (2, 4) run is also the uninterrupted reference of the resume test: the training loop
+    builds the same step (`build_trainer`) on the same mesh, init seed and stream.
+
+    The suite's slowest fixture, by nature: it compiles the SAM train step twice (one device
+    and eight: different programs) and runs 40 steps; every other training test of this file
+    reuses what it computed or the compiled programs it left in the persistent cache."""
     config = sam_sgd_config(tiny_faces_config)
-    info = pipeline.dataset_info(config.data)
+    data = source.open_training_set(config.data)
     stream = pipeline.make_train_iterator(config.data, image_size=64, global_batch_size=16, seed=0)
     batches = [next(stream) for _ in range(20)]
     runs = {}
@@ -102,7 +108,7 @@ def sharded_vs_single(tiny_faces_config):
         ("single", sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])),
         ("sharded", sharding.make_mesh(config.mesh)),  # (2, 4), as the resume test
     ]:
-        trainer = build_trainer(config, info, mesh)
+        trainer = build_trainer(config, data, mesh)
         state = trainer.init_state(jax.random.key(0))
         initial = jax.device_get(state)
         specs = {str(x.sharding.spec) for x in jax.tree.leaves(state.params)}
@@ -114,6 +120,7 @@ def sharded_vs_single(tiny_faces_config):
             if step in (1, 20):
                 after[step] = jax.device_get(state)
         runs[name] = dict(initial=initial, after=after, losses=losses, specs=specs)
+    runs["labels"] = {step: np.asarray(b["label"]) for step, b in enumerate(batches, 1)}
     return runs
 
 
@@ -229,11 +236,17 @@ def _assert_trees_close(a, b):
 
 
 @needs_8
-def test_resume_and_sigterm_match_an_uninterrupted_run(tiny_faces_config, tmp_path, caplog):
+def test_resume_and_sigterm_match_an_uninterrupted_run(
+    sharded_vs_single, tiny_faces_config, tmp_path, caplog
+):
+    """The loop stopped by SIGTERM at step 13 and resumed ends where 20 uninterrupted steps
+    end (the sharded run of the `sharded_vs_single` fixture: same config, mesh, seed and
+    batches), having seen the same labels at every step."""
     config = sam_sgd_config(tiny_faces_config)  # SAM, EMA and dropout go through resume too
     config.checkpoint_every_steps = 9  # so that the checkpoint at step 13 is SIGTERM's
+    straight = sharded_vs_single["sharded"]["after"][20]
+    straight_labels = sharded_vs_single["labels"]
 
-    straight, straight_labels = _run(config, tmp_path / "straight")
     interrupted, first_labels = _run(config, tmp_path / "resumed", stop_at=13)
     # SIGTERM at step 13: the loop saved that step and returned.
     assert int(interrupted.step) == 13 and max(first_labels) == 13
@@ -246,24 +259,24 @@ def test_resume_and_sigterm_match_an_uninterrupted_run(tiny_faces_config, tmp_pa
     _assert_trees_close(resumed.params, straight.params)
     _assert_trees_close(resumed.ema_params, straight.ema_params)
     _assert_trees_close(resumed.opt_state, straight.opt_state)
-    assert (tmp_path / "straight" / "metrics.jsonl").exists()
-    assert (tmp_path / "straight" / "config.json").exists()
+    assert (tmp_path / "resumed" / "metrics.jsonl").exists()
+    assert (tmp_path / "resumed" / "config.json").exists()
 
     # A corrupt newest checkpoint (here: its arrays truncated, as by a crash mid-write):
     # resume starts from the newest readable one and says which step it skipped.
     # (Same step count: a new total would change the trust ramp and cost a compilation.)
-    newest = tmp_path / "straight" / "checkpoints" / "20"
+    newest = tmp_path / "resumed" / "checkpoints" / "20"
     for path in newest.rglob("*"):
         if path.is_file() and "record" not in path.name and path.suffix != ".json":
             path.write_bytes(b"")
     with caplog.at_level(logging.WARNING):
-        again, again_labels = _run(config, tmp_path / "straight")
+        again, again_labels = _run(config, tmp_path / "resumed")
     assert "Checkpoint step 20" in caplog.text and "unreadable" in caplog.text
     assert min(again_labels) == 19 and int(again.step) == 20
     _assert_trees_close(again.params, straight.params)
     # The unreadable step was set aside (not deleted) so that step 20 could be saved again.
-    assert (tmp_path / "straight" / "unreadable_checkpoints" / "20").is_dir()
-    reader = checkpoints.TrainCheckpointer(tmp_path / "straight")
+    assert (tmp_path / "resumed" / "unreadable_checkpoints" / "20").is_dir()
+    reader = checkpoints.TrainCheckpointer(tmp_path / "resumed")
     assert reader.latest_step() == 20
     reader.close()
 
@@ -315,7 +328,7 @@ def test_unprepared_dataset_fails_fast_with_instructions(tmp_path):
         f"--config.data.data_dir={tmp_path / 'empty'}",
     )
     assert result.returncode == 2
-    assert "python -m grefel_jax.data.prepare --dataset raf_db" in result.stderr
+    assert "python -m grefel_jax.prepare --dataset raf_db" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
 

@@ -29,11 +29,12 @@ import pytest
 from head_training import train_head
 
 from grefel_jax import checkpoints as ckpt_lib
-from grefel_jax import predict
 from grefel_jax.data import classes, samples, synthetic_faces
-from grefel_jax.inference import Predictor, tracking
+from grefel_jax.inference import Predictor, command, tracking
 from grefel_jax.inference import faces as faces_lib
 from grefel_jax.inference import video as video_lib
+from grefel_jax.inference.command import Outputs, PredictorSettings
+from grefel_jax.inference.video_predict import VideoSettings
 from grefel_jax.models import GReFEL, init_variables, make_model_config
 
 IMAGE_SIZE = 32  # model input
@@ -117,21 +118,21 @@ def test_video_tracks_and_classes(checkpoint, tmp_path):
     positions = _write_video(video, faces)
     out = tmp_path / "out"
     stdout, stderr = io.StringIO(), io.StringIO()
-    status = predict.run(
+    status = command.run(
         [str(video)],
-        checkpoint=checkpoint,
-        margin=0.0,  # The crop is the pasted face itself.
-        csv_path=str(out / "faces.csv"),
-        json_path=str(out / "faces.json"),
-        annotate_dir=str(out / "annotated.avi"),
-        batch_size=8,
-        batch_frames=5,  # Batches straddle frames: 24 frames = 4 x 5 + 4.
-        half_life=0.3,
+        PredictorSettings(checkpoint, margin=0.0, batch_size=8),  # The crop is the face itself.
+        outputs=Outputs(
+            csv=str(out / "faces.csv"),
+            json=str(out / "faces.json"),
+            annotate=str(out / "annotated.avi"),
+        ),
+        # Batches straddle frames: 24 frames = 4 x 5 + 4.
+        video=VideoSettings(batch_frames=5, half_life=0.3),
         detector=PatchDetector(128),
         stdout=stdout,
         stderr=stderr,
     )
-    assert status == predict.EXIT_OK, stderr.getvalue()
+    assert status == command.EXIT_OK, stderr.getvalue()
     assert "24 frame(s), 48 face(s)" in stderr.getvalue()
 
     with open(out / "faces.csv") as f:
@@ -204,8 +205,10 @@ def test_tracker_ids_and_ema_half_life():
 
 def test_camera_that_cannot_open_is_one_line(checkpoint):
     stderr = io.StringIO()
-    status = predict.run([], checkpoint=checkpoint, camera=97, stdout=io.StringIO(), stderr=stderr)
-    assert status == predict.EXIT_SOME_FAILED
+    status = command.run(
+        [], PredictorSettings(checkpoint), camera=97, stdout=io.StringIO(), stderr=stderr
+    )
+    assert status == command.EXIT_SOME_FAILED
     error = [line for line in stderr.getvalue().splitlines() if line.startswith("ERROR")]
     assert len(error) == 1 and "--camera 97" in error[0], stderr.getvalue()
 
@@ -283,17 +286,15 @@ def test_clip_with_empty_stretches_and_a_close_up(checkpoint, tmp_path):
                 frame, truths[t] = _close_up_frame(photo, box, 0.85, size, 2 * t)
             writer.write(frame if has_face else _empty_frame(size))
     out, stderr = tmp_path / "out", io.StringIO()
-    status = predict.run(
+    status = command.run(
         [str(video)],
-        checkpoint=checkpoint,
-        csv_path=str(out / "faces.csv"),
-        json_path=str(out / "faces.json"),
-        batch_size=8,
-        batch_frames=4,
+        PredictorSettings(checkpoint, batch_size=8),
+        outputs=Outputs(csv=str(out / "faces.csv"), json=str(out / "faces.json")),
+        video=VideoSettings(batch_frames=4),
         stdout=io.StringIO(),
         stderr=stderr,
     )
-    assert status == predict.EXIT_OK, stderr.getvalue()
+    assert status == command.EXIT_OK, stderr.getvalue()
     assert f"{len(plan)} frame(s), {sum(plan)} face(s)" in stderr.getvalue()
     document = json.loads((out / "faces.json").read_text())
     assert [len(f["faces"]) for f in document["frames"]] == [int(p) for p in plan]
@@ -321,16 +322,18 @@ def test_clip_without_any_face_gives_a_complete_empty_report(checkpoint, tmp_pat
         for _ in range(5):
             writer.write(_empty_frame(size))
     out, stderr = tmp_path / "out", io.StringIO()
-    status = predict.run(
+    status = command.run(
         [str(video)],
-        checkpoint=checkpoint,
-        csv_path=str(out / "faces.csv"),
-        json_path=str(out / "faces.json"),
-        annotate_dir=str(out / "annotated.avi"),
+        PredictorSettings(checkpoint),
+        outputs=Outputs(
+            csv=str(out / "faces.csv"),
+            json=str(out / "faces.json"),
+            annotate=str(out / "annotated.avi"),
+        ),
         stdout=io.StringIO(),
         stderr=stderr,
     )
-    assert status == predict.EXIT_OK, stderr.getvalue()
+    assert status == command.EXIT_OK, stderr.getvalue()
     assert "5 frame(s), 0 face(s)" in stderr.getvalue()
     document = json.loads((out / "faces.json").read_text())
     assert [f["faces"] for f in document["frames"]] == [[]] * 5
@@ -349,16 +352,22 @@ def test_a_folder_of_videos_is_predicted_and_videos_among_images_are_named(check
             for _ in range(2):
                 writer.write(_empty_frame(size))
     stderr = io.StringIO()
-    status = predict.run(
-        [str(clips)], checkpoint=checkpoint, stdout=io.StringIO(), stderr=stderr, csv_path="-"
+    status = command.run(
+        [str(clips)],
+        PredictorSettings(checkpoint),
+        outputs=Outputs(csv="-"),
+        stdout=io.StringIO(),
+        stderr=stderr,
     )
-    assert status == predict.EXIT_OK, stderr.getvalue()
+    assert status == command.EXIT_OK, stderr.getvalue()
     assert "2 video source(s): 4 frame(s)" in stderr.getvalue()
 
     PIL.Image.fromarray(_empty_frame(size)).save(clips / "photo.png")
     stderr = io.StringIO()
-    status = predict.run([str(clips)], checkpoint=checkpoint, stdout=io.StringIO(), stderr=stderr)
-    assert status == predict.EXIT_OK, stderr.getvalue()
+    status = command.run(
+        [str(clips)], PredictorSettings(checkpoint), stdout=io.StringIO(), stderr=stderr
+    )
+    assert status == command.EXIT_OK, stderr.getvalue()
     lines = stderr.getvalue().splitlines()
     skipped = [line for line in lines if line.startswith("WARNING") and "skipped" in line]
     assert [line.split(":")[1].strip() for line in skipped] == [

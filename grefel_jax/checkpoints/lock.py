@@ -18,11 +18,12 @@ import jax
 from etils import epath
 
 from grefel_jax.checkpoints.paths import absolute_path
+from grefel_jax.errors import UserError
 
 LOCK_FILE = "run.lock"
 
 
-class WorkdirBusyError(RuntimeError):
+class WorkdirBusyError(UserError, RuntimeError):
     """Another run holds the workdir; the message names it and what to do."""
 
 

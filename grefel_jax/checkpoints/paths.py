@@ -28,6 +28,8 @@ import re
 
 from etils import epath
 
+from grefel_jax.errors import UserError
+
 INFERENCE_FORMAT = "grefel_jax.inference"
 INFERENCE_MARKER = "grefel_inference.json"
 VARIABLES_DIR = "variables"
@@ -40,7 +42,7 @@ BEST_METRIC_FILE = "best_metric.json"
 UNREADABLE_DIR = "unreadable_checkpoints"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint path that does not exist, is not ours, is unreadable or does not fit."""
 
 

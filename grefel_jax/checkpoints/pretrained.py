@@ -136,7 +136,13 @@ def _merge(init_variables, path: str, name: str):
                 keys.append((collection, key))
         merged[collection] = unflatten_dict(base)
     if problems:
-        raise CheckpointError(f"init_from={name}: " + "; ".join(problems[:10]))
+        # Most often a config that changed the architecture (a smaller backbone for a quick
+        # run) but kept a recipe's pretrained sources: say how to drop them.
+        raise CheckpointError(
+            f"init_from={name}: the model's architecture differs from this source "
+            f"({len(problems)} mismatches: " + "; ".join(problems[:3]) + "); "
+            "set --config.init_from='' to train from random weights"
+        )
     for collection in init_variables:
         merged.setdefault(collection, init_variables[collection])
     logging.info("init_from %s: loaded modules %s", name, sorted({k[1][0] for k in keys}))

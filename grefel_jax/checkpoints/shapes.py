@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,17 @@ PyTree = Any
 
 
 def expected_variable_shapes(model_config: ModelConfig) -> dict[str, PyTree]:
-    """`{'params', 'batch_stats'}` of `jax.ShapeDtypeStruct` for a ModelConfig (no compute)."""
+    """`{'params', 'batch_stats'}` of `jax.ShapeDtypeStruct` for a ModelConfig (no compute).
+
+    Tracing the paper-size model takes seconds, and loading, converting and checking a
+    checkpoint ask for the same config's shapes more than once: they are traced once per
+    config and process; each call gets its own copy of the dicts.
+    """
+    return jax.tree.map(lambda s: s, _traced_shapes(model_config))
+
+
+@functools.lru_cache(maxsize=8)
+def _traced_shapes(model_config: ModelConfig) -> dict[str, PyTree]:
     from grefel_jax.models import GReFEL  # Local: the model imports are heavy.
 
     model = GReFEL(config=model_config)

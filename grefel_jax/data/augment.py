@@ -115,7 +115,7 @@ def augment_train_example(
       image_size: S.
       aug: `config.data.augment`.
       rng: per-example generator.
-      flip_permutation: (N,) the layout's flip table (`landmarks.points`); required with
+      flip_permutation: (N,) the layout's flip table (`data.landmark_layouts`); required with
         points when `aug.hflip` is on, because a flip turns a left eye into a right eye.
 
     Returns:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from grefel_jax.errors import UserError
 
-class DataError(Exception):
+
+class DataError(UserError):
     """Base class for data errors."""
 
 

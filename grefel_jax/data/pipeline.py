@@ -35,7 +35,12 @@ import numpy as np
 
 from grefel_jax.data import augment, noise, pixel_cache, source
 from grefel_jax.data.errors import DatasetNotPreparedError  # noqa: F401  (public re-export)
-from grefel_jax.data.source import DatasetInfo, class_weights, dataset_info  # noqa: F401
+from grefel_jax.data.source import (  # noqa: F401  (DatasetInfo, class_weights: re-exports)
+    DatasetInfo,
+    TrainingSet,
+    class_weights,
+    dataset_info,
+)
 from grefel_jax.preprocess import preprocess_eval_image
 
 # Length of the (endless) training stream as a grain source: far more steps than any run.
@@ -280,6 +285,7 @@ def train_records(
     seed: int,
     start_step: int = 0,
     image_size: int | None = None,
+    training_set: TrainingSet | None = None,
 ) -> tuple[grain.MapDataset, int]:
     """This process's share of the training stream, from global batch `start_step`.
 
@@ -291,6 +297,8 @@ def train_records(
         images may then come already resized (`augment.train_resize_shape`, from the pixel
         cache), which changes nothing in the augmented result. None: images as stored (for
         maps that need the stored geometry, such as landmark points).
+      training_set: the training split as the training setup opened it
+        (`source.open_training_set`); None: opened here.
 
     Returns:
       `(records, stream_seed)`; the seed is for the per-position augmentation generators.
@@ -303,7 +311,7 @@ def train_records(
     base = pixel_cache.data_source(data_config, split, size=resized)
     sampler = data_config.get("sampler", "none")
     labels = source.split_labels(data_config, split) if sampler == "inverse_frequency" else None
-    keep = source.train_record_indices(data_config)
+    keep = (training_set or source.open_training_set(data_config)).indices
     the_seed = stream_seed(seed, data_config.shuffle_seed)
     order = TrainOrder(len(base), the_seed, labels, sampler, keep=keep)
     host_batch = per_host_batch(global_batch_size)
@@ -311,10 +319,11 @@ def train_records(
     return grain.MapDataset.source(records)[int(start_step) * host_batch :], the_seed
 
 
-def training_labels(data_config):
+def training_labels(data_config, info: DatasetInfo | None = None):
     """The function `(record index, clean label) -> training label` of `config.data.label_noise`
-    (seeded noise, or a label file checked against the training split's size)."""
-    info = dataset_info(data_config)
+    (seeded noise, or a label file checked against the training split's size); `info`: the
+    dataset's metadata if already read."""
+    info = info or dataset_info(data_config)
     return noise.from_config(
         data_config.label_noise,
         info.class_names,
@@ -323,7 +332,13 @@ def training_labels(data_config):
 
 
 def make_train_iterator(
-    data_config, *, image_size: int, global_batch_size: int, seed: int, start_step: int = 0
+    data_config,
+    *,
+    image_size: int,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    training_set: TrainingSet | None = None,
 ):
     """Endless, shuffled, augmented training batches for this process, from `start_step`.
 
@@ -334,6 +349,8 @@ def make_train_iterator(
       seed: run seed; combined with `data_config.shuffle_seed` for the order and the
         augmentation.
       start_step: the first batch is global batch `start_step` of the stream (resume).
+      training_set: the training split as the training setup opened it
+        (`source.open_training_set`); None: opened here.
 
     Returns:
       iterator of dicts: image (b, S, S, 3) float32, label (b,) int32, clean_label (b,)
@@ -342,14 +359,16 @@ def make_train_iterator(
     Raises:
       DatasetNotPreparedError: with the command that prepares the dataset.
     """
+    training_set = training_set or source.open_training_set(data_config)
     records, the_seed = train_records(
         data_config,
         global_batch_size=global_batch_size,
         seed=seed,
         start_step=start_step,
         image_size=image_size,
+        training_set=training_set,
     )
-    label_noise = training_labels(data_config)
+    label_noise = training_labels(data_config, training_set.info)
     dataset = records.map(
         _TrainMap(image_size, frozen_aug(data_config.augment), label_noise, the_seed)
     ).batch(per_host_batch(global_batch_size), drop_remainder=True)

@@ -10,11 +10,12 @@ import dataclasses
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from grefel_jax.data import align_folder, builders, errors
+from grefel_jax.data import builders, errors
 from grefel_jax.data.builders import base
 
 MANUAL_DATASETS_HINT = "the files named in the builder's MANUAL_DOWNLOAD_INSTRUCTIONS"
@@ -35,11 +36,11 @@ def resolve_config_name(name: str, builder_config: str | None) -> str | None:
 
 def prepare_command(name: str, config: str | None, data_dir: str, manual_dir=None) -> str:
     """The shell command that builds this dataset."""
-    cmd = f"python -m grefel_jax.data.prepare --dataset {name}"
+    cmd = f"python -m grefel_jax.prepare --dataset {name}"
     align = ""
-    if name == "image_folder" and config and config.endswith(align_folder.ALIGNED_SUFFIX):
+    if name == "image_folder" and config and config.endswith(builders.ALIGNED_SUFFIX):
         # `NAME_aligned` is what `--config NAME --align` writes.
-        config = config[: -len(align_folder.ALIGNED_SUFFIX)]
+        config = config[: -len(builders.ALIGNED_SUFFIX)]
         align = " --align --landmarks CKPT"
     if config:
         cmd += f" --config {config}"
@@ -177,30 +178,79 @@ def train_record_indices(data_config) -> np.ndarray | None:
     )
 
 
-def train_size(data_config, info: DatasetInfo) -> int:
-    """Records per training epoch: the training split, or its long-tailed subset."""
-    kept = train_record_indices(data_config)
-    return info.split_sizes[data_config.train_split] if kept is None else len(kept)
+@dataclasses.dataclass(frozen=True)
+class TrainingSet:
+    """The training split as training reads it, worked out once from `config.data`
+    (`open_training_set`) and handed to the trainer and the training stream.
+
+    Attributes:
+      info: the dataset's metadata.
+      split: the training split's name.
+      indices: sorted (M,) int64 indices of the records training reads (the long-tailed
+        subset of `config.data.imbalance`), or None for the whole split.
+      data_config: the `config.data` it was opened from (None: a stand-in without files, as
+        the benchmarks' random inputs; it has no class counts).
+    """
+
+    info: DatasetInfo
+    split: str = "train"
+    indices: np.ndarray | None = None
+    data_config: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def size(self) -> int:
+        """Records per training epoch: the split, or its long-tailed subset."""
+        return self.info.split_sizes[self.split] if self.indices is None else len(self.indices)
+
+    @functools.cached_property
+    def class_counts(self) -> np.ndarray:
+        """(C,) int64 records per class among those training reads (one label scan, cached
+        beside the prepared files)."""
+        if self.data_config is None:
+            raise ValueError(f"{self.info.full_name}: no prepared files, no class counts.")
+        labels = split_labels(self.data_config, self.split)
+        if self.indices is not None:
+            labels = labels[self.indices]
+        return np.bincount(labels, minlength=self.info.num_classes)
+
+    def class_weights(self) -> np.ndarray:
+        """(C,) float32 inverse-frequency loss weights of the records training reads
+        (`inverse_frequency_weights`)."""
+        return inverse_frequency_weights(self.class_counts)
+
+
+def open_training_set(data_config) -> TrainingSet:
+    """The training split of `config.data`: metadata and the records read, each worked out
+    once (raises DatasetNotPreparedError if the dataset is not prepared)."""
+    return TrainingSet(
+        info=dataset_info(data_config),
+        split=_field(data_config, "train_split", "train"),
+        indices=train_record_indices(data_config),
+        data_config=data_config,
+    )
 
 
 def class_counts(data_config, split: str) -> np.ndarray:
     """(C,) int64 examples per class in `split` (the long-tailed subset for the train split)."""
-    num_classes = dataset_info(data_config).num_classes
-    labels = split_labels(data_config, split)
     if split == _field(data_config, "train_split", "train"):
-        indices = train_record_indices(data_config)
-        if indices is not None:
-            labels = labels[indices]
-    return np.bincount(labels, minlength=num_classes)
+        return open_training_set(data_config).class_counts
+    labels = split_labels(data_config, split)
+    return np.bincount(labels, minlength=dataset_info(data_config).num_classes)
 
 
-def class_weights(data_config, split: str | None = None) -> np.ndarray:
-    """(C,) float32 inverse-frequency loss weights w_c = (N / C) / N_c of the training split.
+def inverse_frequency_weights(counts: np.ndarray) -> np.ndarray:
+    """(C,) float32 loss weights w_c = (N / C) / N_c from (C,) class counts N_c (N = their sum).
 
     A class absent from the split gets weight 0 (it cannot appear as a target).
     """
-    split = split or _field(data_config, "train_split", "train")
-    counts = class_counts(data_config, split).astype(np.float64)
+    counts = np.asarray(counts).astype(np.float64)
     total, num_classes = counts.sum(), len(counts)
     weights = np.where(counts > 0, (total / num_classes) / np.maximum(counts, 1), 0.0)
     return weights.astype(np.float32)
+
+
+def class_weights(data_config, split: str | None = None) -> np.ndarray:
+    """(C,) float32 inverse-frequency loss weights of `split` (default: the training split,
+    as training reads it)."""
+    split = split or _field(data_config, "train_split", "train")
+    return inverse_frequency_weights(class_counts(data_config, split))

@@ -13,7 +13,7 @@ new or empty):
                    the versions used and each artifact's SHA-256 and self-check result.
 Every artifact is run once on a fixed random batch and compared with the jitted model; one
 that differs by more than 1e-4 (float32) is not written. Run them with
-`python -m grefel_jax.export.run DIR image...`.
+`python -m grefel_jax.export.predict DIR image...`.
 
 Exit status: 0 when every requested format was written; 1 when some format failed (the
 others were written, model.json lists the failure); 2 on bad flags or an unreadable

@@ -142,14 +142,15 @@ def build_identity_trainer(
     config, dataset: DatasetInfo, num_identities: int, mesh: jax.sharding.Mesh
 ) -> IdentityTrainer:
     """Builds the IdentityTrainer for `config` (configs/identity_*.py) on `dataset`."""
-    sharding.check_batch_size(config.batch_size, mesh)
+    run = settings.trainer_settings(config)
+    sharding.check_batch_size(run.batch_size, mesh)
     # The record describes the backbone being pretrained; GReFEL's expression head is not
     # built here, so its class count is a placeholder (RAF-DB's 7), not the identity count.
     model_config = settings.model_config(config, EXPRESSION_CLASSES_PLACEHOLDER)
     head = identity_head_config(config, num_identities)
     margin = margin_settings(config)
     size = model_config.backbone.image_size
-    model = IdentityNet(model_config.backbone, head, settings.compute_dtype(config))
+    model = IdentityNet(model_config.backbone, head, run.compute_dtype)
     length = settings.run_length(config, dataset.split_sizes[config.data.train_split])
 
     abstract_params = jax.eval_shape(
@@ -160,16 +161,14 @@ def build_identity_trainer(
         abstract_params,
     )
     tx, schedules = optim.make_optimizer(
-        config.optim,
+        run.optimizer,
         labels,
         steps_per_epoch=length.steps_per_epoch,
         total_steps=length.total_steps,
     )
     init_fn = functools.partial(init_state, model=model, tx=tx)
     shapes = jax.eval_shape(init_fn, jax.random.key(0))
-    state_shardings = sharding.param_shardings(
-        shapes, mesh, fsdp_min_size=config.mesh.fsdp_min_size
-    )
+    state_shardings = sharding.param_shardings(shapes, mesh, fsdp_min_size=run.fsdp_min_size)
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_shardings
     )

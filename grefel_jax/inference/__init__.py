@@ -1,11 +1,13 @@
-"""Prediction on images: robust loading, face detection and cropping, the Predictor, reports.
+"""Prediction on images and videos: robust loading, face detection, cropping and alignment,
+the Predictor, tracking, reports.
 
-`python -m grefel_jax.predict` is the command line; `Predictor.from_checkpoint(path)
+`python -m grefel_jax.predict` (= `python -m grefel_jax.inference`: `__main__` parses the
+flags, `command.run` does the work) is the command line; `Predictor.from_checkpoint(path)
 .predict(images)` the Python API.
 
 The names below are imported on first use (PEP 562), so that the light submodules (images,
 faces, results, report: numpy, PIL and OpenCV only) can be used without importing jax and the
-model, as the exported-model runner `grefel_jax.export.run` does.
+model, as prediction from an export folder (`grefel_jax.export.predict`) does.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ issues #13 / #21). Alignment here is the standard one:
 
 1. five points of the face: the two eye centres, the nose tip, the two mouth corners
    (subject's right first, i.e. image-left first on an unmirrored face), from any point
-   layout (`landmarks.points.PointLayout.five_points`);
+   layout (`data.landmark_layouts.PointLayout.five_points`);
 2. `similarity_from_points`: the least-squares rotation + uniform scale + translation onto
    the template's five points (Umeyama 1991, no reflection);
 3. `warp_to_template`: `cv2.warpAffine` of the image by that matrix into an S x S crop.
@@ -262,7 +262,8 @@ def align_face(
 ) -> tuple[np.ndarray | None, str | None]:
     """One face's aligned crop from the landmark network's points on its square crop.
 
-    The step `Predictor.align_crops` (prediction) and `data.align_folder` (prepare) share.
+    The step that `Predictor.align_crops` (prediction) and `prepare.align_folder` (prepare
+    --align) share.
 
     Args:
       image: (H, W, 3) uint8 RGB, the whole image.
@@ -270,7 +271,7 @@ def align_face(
       crop_corner: `(x0, y0)` of the square crop in the image (crops are unresized slices
         of the image, so crop pixel + corner = image pixel).
       box: the detected face `(x, y, width, height)` (for `implausibility`).
-      layout: the points' `landmarks.points.PointLayout` (its `five_points`).
+      layout: the points' `data.landmark_layouts.PointLayout` (its `five_points`).
       template: (5, 2) unit coordinates.
       size: S, the aligned crop's side.
       verifier: a face detector for `not_a_face_there` (None: that check is skipped).

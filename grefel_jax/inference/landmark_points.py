@@ -3,7 +3,7 @@
   landmarks = LandmarkModel.from_checkpoint("runs/landmarks")  # a pretraining workdir
   points = landmarks.predict_points([crop])                    # (1, N, 2) crop pixels
 
-The network is `landmarks.model.LandmarkNet` (GReFEL's MobileFaceNet + the GDC head) as
+The network is `models.landmarks.LandmarkNet` (GReFEL's MobileFaceNet + the GDC head) as
 `grefel_jax.landmarks.pretrain` saves it; its input is the crop through the evaluation
 preprocessing at the checkpoint's image size, as in pretraining.
 """
@@ -19,8 +19,8 @@ import jax
 import numpy as np
 
 from grefel_jax.data import augment
-from grefel_jax.landmarks import model as landmark_model
-from grefel_jax.landmarks.points import PointLayout, layout_for_num_points
+from grefel_jax.data.landmark_layouts import PointLayout, layout_for_num_points
+from grefel_jax.models import landmarks as landmark_model
 from grefel_jax.models import names
 from grefel_jax.models.config import BackboneConfig
 from grefel_jax.preprocess import preprocess_eval_image

@@ -7,8 +7,10 @@ with a status: `ok` (faces predicted), `no_face` (read fine, no face found) or `
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +19,13 @@ from typing import Any, TextIO
 import cv2
 import numpy as np
 from PIL import Image
+
+# Exit status of the prediction commands (checkpoint and export folder alike): every input
+# read and predicted (no face found counts as success), some input unreadable (each one
+# reported, the others still run), nothing could run (a bad checkpoint or setting).
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_FATAL = 2
 
 # Width of the numeric columns of the table; the file column adapts to the names.
 _TABLE_COLUMNS = (
@@ -28,6 +37,24 @@ _TABLE_COLUMNS = (
     ("prob", 6),
     ("confidence", 10),
 )
+
+
+@contextlib.contextmanager
+def open_output(path: str, stdout: TextIO, newline: str | None = None):
+    """A text stream to write a report to: `path`, or `stdout` when path is '-'."""
+    if path == "-":
+        yield stdout
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline=newline) as f:
+        yield f
+
+
+def write_json(path: str, document: dict, stdout: TextIO) -> None:
+    """Writes a JSON report (indented, one trailing newline) to `path` ('-': stdout)."""
+    with open_output(path, stdout) as f:
+        json.dump(document, f, indent=2)
+        f.write("\n")
 
 
 def status(result) -> str:

@@ -1,7 +1,7 @@
 """What a prediction is: `FacePrediction` / `ImagePrediction` and how model outputs fill them.
 
-Kept apart from the Predictor (and free of jax and model code: numpy only) so that the
-exported-model runner (`grefel_jax.export.run`) builds exactly the same results, hence the
+Kept apart from the Predictor (and free of jax and model code: numpy only) so that prediction
+from an export folder (`grefel_jax.export.predict`) builds exactly the same results, hence the
 same JSON and CSV, from an artifact's outputs.
 """
 

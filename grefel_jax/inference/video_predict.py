@@ -35,6 +35,48 @@ class Detector(Protocol):
     def detect(self, image: np.ndarray) -> list[faces_lib.FaceBox]: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class VideoSettings:
+    """How a video is read, batched, tracked and smoothed (`python -m grefel_jax.predict`'s
+    video flags).
+
+    Attributes:
+      half_life: EMA half-life of each track's probabilities, seconds (0: no smoothing).
+      every: keep one frame in `every`.
+      max_frames: stop each source after this many kept frames (None: all).
+      batch_frames: frames whose faces are classified together.
+      iou_threshold / max_missed: tracker settings (`tracking.IoUTracker`).
+    """
+
+    half_life: float = 0.5
+    every: int = 1
+    max_frames: int | None = None
+    batch_frames: int = 8
+    iou_threshold: float = 0.3
+    max_missed: int = 5
+
+    def problems(self) -> list[str]:
+        """What is out of range, one line each naming the flag (empty: all fine)."""
+        rules = (
+            ("half_life", self.half_life, self.half_life >= 0, ">= 0 (0: no smoothing)"),
+            ("every", self.every, self.every >= 1, ">= 1"),
+            (
+                "max_frames",
+                self.max_frames,
+                self.max_frames is None or self.max_frames >= 1,
+                ">= 0 (0: all)",
+            ),
+            ("batch_frames", self.batch_frames, self.batch_frames >= 1, ">= 1"),
+            ("iou_threshold", self.iou_threshold, 0 < self.iou_threshold <= 1, "in (0, 1]"),
+            ("max_missed", self.max_missed, self.max_missed >= 0, ">= 0"),
+        )
+        return [f"--{name}={value} must be {rule}" for name, value, ok, rule in rules if not ok]
+
+    def tracker(self) -> IoUTracker:
+        """A fresh tracker for one source."""
+        return IoUTracker(self.iou_threshold, self.max_missed, self.half_life)
+
+
 @dataclasses.dataclass
 class VideoFace:
     """One face in one frame.
@@ -212,6 +254,16 @@ def csv_rows(source: str, frame: Frame, faces: Sequence[VideoFace]) -> list[list
             ]
         )
     return rows
+
+
+def console_line(source: str, frame: Frame, face: VideoFace) -> str:
+    """The console line of one face in one frame (when no report goes to stdout)."""
+    p = face.prediction
+    return (
+        f"{source} frame {frame.index} t={frame.time_s:.2f}s track {face.track_id} box "
+        f"{','.join(map(str, p.box.as_tuple()))} {p.label} {p.probability:.3f} smoothed "
+        f"{face.smoothed_label} {face.smoothed_probability:.3f}"
+    )
 
 
 def annotate_frame(image: np.ndarray, faces: Sequence[VideoFace]) -> np.ndarray:

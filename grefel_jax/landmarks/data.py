@@ -17,7 +17,7 @@ import grain
 import numpy as np
 
 from grefel_jax.data import augment, pipeline, source
-from grefel_jax.landmarks.points import PointLayout
+from grefel_jax.data.landmark_layouts import PointLayout
 from grefel_jax.preprocess import preprocess_eval_image
 
 

@@ -18,9 +18,9 @@ from PIL import Image, ImageDraw
 
 from grefel_jax import sharding
 from grefel_jax.data import augment
+from grefel_jax.data.landmark_layouts import PointLayout
 from grefel_jax.landmarks import data as landmark_data
 from grefel_jax.landmarks import losses
-from grefel_jax.landmarks.points import PointLayout
 from grefel_jax.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 NUM_SHOWN = 16

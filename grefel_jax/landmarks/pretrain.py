@@ -7,23 +7,9 @@ r"""The landmark pretraining command of issue 10, kept as an alias of
 
 from __future__ import annotations
 
-from grefel_jax.pretrain.landmarks import pretrain  # noqa: F401  (the library entry point)
-
-
-def main(argv):
-    from grefel_jax import cli
-    from grefel_jax.pretrain import __main__ as command
-
-    if len(argv) > 1:
-        cli.fail(f"Unexpected arguments: {argv[1:]}")
-    command.run("landmarks", command.FLAGS.config, command.FLAGS.workdir)
-
+import runpy
+import sys
 
 if __name__ == "__main__":
-    from absl import app
-
-    from grefel_jax import cli
-    from grefel_jax.pretrain import __main__ as command
-
-    command.define_flags()
-    app.run(main, flags_parser=cli.parse_flags)
+    sys.argv.insert(1, "landmarks")  # the task argument of `python -m grefel_jax.pretrain`
+    runpy.run_module("grefel_jax.pretrain", run_name="__main__", alter_sys=True)

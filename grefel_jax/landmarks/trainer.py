@@ -13,11 +13,12 @@ import jax.numpy as jnp
 import optax
 
 from grefel_jax import optim, settings, sharding
+from grefel_jax.data.landmark_layouts import PointLayout
 from grefel_jax.data.source import DatasetInfo
 from grefel_jax.landmarks import evaluate as landmark_eval
-from grefel_jax.landmarks import model as landmark_model
-from grefel_jax.landmarks.points import PointLayout
+from grefel_jax.landmarks import train_step as landmark_steps
 from grefel_jax.models import ModelConfig
+from grefel_jax.models import landmarks as landmark_model
 from grefel_jax.train_state import TrainState
 
 
@@ -62,12 +63,11 @@ def build_landmark_trainer(
     config, dataset: DatasetInfo, layout: PointLayout, mesh: jax.sharding.Mesh
 ) -> LandmarkTrainer:
     """Builds the LandmarkTrainer for `config` (configs/landmarks_*.py) on `dataset`."""
-    sharding.check_batch_size(config.batch_size, mesh)
+    run = settings.trainer_settings(config)
+    sharding.check_batch_size(run.batch_size, mesh)
     model_config = settings.model_config(config, dataset.num_classes)
     size = model_config.backbone.image_size
-    model = landmark_model.LandmarkNet(
-        model_config.backbone, layout.num_points, settings.compute_dtype(config)
-    )
+    model = landmark_model.LandmarkNet(model_config.backbone, layout.num_points, run.compute_dtype)
     length = settings.run_length(config, dataset.split_sizes[config.data.train_split])
 
     # One optimizer group: trunk and head are all trained, at `optim.lr_backbone`.
@@ -75,26 +75,24 @@ def build_landmark_trainer(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
     )["params"]
     tx, schedules = optim.make_optimizer(
-        config.optim,
-        landmark_model.all_trained_labels(abstract_params),
+        run.optimizer,
+        landmark_steps.all_trained_labels(abstract_params),
         steps_per_epoch=length.steps_per_epoch,
         total_steps=length.total_steps,
     )
-    init_fn = functools.partial(landmark_model.init_state, model=model, tx=tx)
+    init_fn = functools.partial(landmark_steps.init_state, model=model, tx=tx)
     shapes = jax.eval_shape(init_fn, jax.random.key(0))
-    state_shardings = sharding.param_shardings(
-        shapes, mesh, fsdp_min_size=config.mesh.fsdp_min_size
-    )
+    state_shardings = sharding.param_shardings(shapes, mesh, fsdp_min_size=run.fsdp_min_size)
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_shardings
     )
     batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("image", "points")}
     step = jax.jit(
         functools.partial(
-            landmark_model.train_step,
+            landmark_steps.train_step,
             model=model,
             tx=tx,
-            loss_fn=landmark_model.loss_fn_for(config),
+            loss_fn=landmark_steps.loss_fn_for(config),
         ),
         in_shardings=(state_shardings, batch_shardings),
         out_shardings=(state_shardings, sharding.replicated(mesh)),

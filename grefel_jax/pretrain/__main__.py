@@ -34,8 +34,7 @@ def run(task: str, config, workdir: str) -> dict:
     import jax
     from absl import logging as absl_logging
 
-    from grefel_jax import checkpoints, cli, logging_utils, sharding
-    from grefel_jax.data import errors as data_errors
+    from grefel_jax import cli, logging_utils, sharding
 
     section = _TASK_SECTION[task]
     if section not in config:
@@ -57,17 +56,8 @@ def run(task: str, config, workdir: str) -> dict:
         from grefel_jax.pretrain import landmarks as module
     else:
         from grefel_jax.pretrain import identity as module
-    try:
+    with cli.user_errors():
         report = module.pretrain(config, workdir)
-    except (
-        data_errors.DatasetNotPreparedError,
-        checkpoints.WorkdirBusyError,
-        checkpoints.CheckpointError,
-        ValueError,
-    ) as e:
-        if FLAGS.verbosity >= 1:
-            raise
-        cli.fail(str(e))
     if report and jax.process_index() == 0:
         print("\n" + module.summary_line(workdir, report))
     return report

@@ -3,7 +3,7 @@
   python -m grefel_jax.pretrain landmarks --config configs/landmarks_synthetic.py \
       --workdir runs/landmarks [--config.num_train_steps=500 ...]
 
-1. The dataset must be prepared and store the layout's points (`landmarks.points`).
+1. The dataset must be prepared and store the layout's points (`data.landmark_layouts`).
 2. The task: `LandmarkNet` (GReFEL's landmark branch + head), its optimizer and jitted step
    (`landmarks.trainer`), augmented batches whose flips permute left/right points.
 3. The loop (`grefel_jax.loop`): resume > `init_from` (e.g. a converted official
@@ -24,9 +24,9 @@ import jax
 from etils import epath
 
 from grefel_jax import checkpoints, loop, optim, sharding
+from grefel_jax.data.landmark_layouts import layout_for
 from grefel_jax.landmarks import data as landmark_data
 from grefel_jax.landmarks import evaluate as landmark_eval
-from grefel_jax.landmarks.points import layout_for
 from grefel_jax.landmarks.trainer import LandmarkTrainer, build_landmark_trainer
 
 

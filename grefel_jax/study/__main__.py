@@ -90,8 +90,7 @@ def main(argv):
     kind = argv[1]
     import jax
 
-    from grefel_jax import checkpoints, cli, logging_utils
-    from grefel_jax.data import errors as data_errors
+    from grefel_jax import cli, logging_utils
     from grefel_jax.study import report, runner
 
     logging.use_absl_handler()
@@ -104,34 +103,25 @@ def main(argv):
         # Runs of one head compile the same programs: compile once per head.
         jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
     try:
-        if config.data.label_noise.get("file"):
-            # Every run sets its own labels (a rate or one of --label_files).
-            raise ValueError(
-                "--config.data.label_noise.file: a study sets each run's labels itself; pass "
-                "label files with --label_files instead."
+        with cli.user_errors(KeyError):
+            if config.data.label_noise.get("file"):
+                # Every run sets its own labels (a rate or one of --label_files).
+                raise ValueError(
+                    "--config.data.label_noise.file: a study sets each run's labels itself; "
+                    "pass label files with --label_files instead."
+                )
+            specs = build_grid(kind, FLAGS.preset)
+            logging.info("study %s/%s: %d runs into %s.", kind, FLAGS.preset, len(specs), workdir)
+            rows = runner.run_study(
+                config,
+                specs,
+                workdir,
+                split=split,
+                on_row=lambda rows: report.write_reports(rows, kind, workdir),
             )
-        specs = build_grid(kind, FLAGS.preset)
-        logging.info("study %s/%s: %d runs into %s.", kind, FLAGS.preset, len(specs), workdir)
-        rows = runner.run_study(
-            config,
-            specs,
-            workdir,
-            split=split,
-            on_row=lambda rows: report.write_reports(rows, kind, workdir),
-        )
     except runner.StudyInterrupted as e:
         print(f"Study interrupted ({e}); run the same command again to resume.", file=sys.stderr)
         sys.exit(1)
-    except (
-        data_errors.DatasetNotPreparedError,
-        checkpoints.WorkdirBusyError,
-        checkpoints.CheckpointError,
-        ValueError,
-        KeyError,
-    ) as e:
-        if FLAGS.verbosity >= 1:
-            raise
-        cli.fail(str(e).strip("'\""))
     paths = report.write_reports(rows, kind, workdir)
     print("\nStudy reports: " + ", ".join(str(p) for p in paths))
 

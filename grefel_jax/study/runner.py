@@ -47,11 +47,10 @@ def realised_flip_fraction(data_config) -> float:
     the clean one under the run's `config.data.label_noise`."""
     from grefel_jax.data import pipeline, source
 
-    labels = source.split_labels(data_config, data_config.train_split)
-    indices = source.train_record_indices(data_config)
-    if indices is None:
-        indices = np.arange(len(labels))
-    given = pipeline.training_labels(data_config).apply(indices, labels[indices])
+    data = source.open_training_set(data_config)
+    labels = source.split_labels(data_config, data.split)
+    indices = np.arange(len(labels)) if data.indices is None else data.indices
+    given = pipeline.training_labels(data_config, data.info).apply(indices, labels[indices])
     return float(np.mean(given != labels[indices]))
 
 
@@ -106,14 +105,14 @@ def run_one(base_config, spec: RunSpec, run_dir: Path, *, split: str) -> dict:
     from grefel_jax import settings
     from grefel_jax.data import source
 
-    info = source.dataset_info(config.data)
-    total = settings.run_length(config, source.train_size(config.data, info)).total_steps
+    data = source.open_training_set(config.data)
+    total = settings.run_length(config, data.size).total_steps
     if int(state.step) < total:
         raise StudyInterrupted(f"{spec.name} stopped at step {int(state.step)} of {total}.")
     summary, _ = evaluate.evaluate_workdir(
         config, str(run_dir), split=split, mesh=sharding.make_mesh(config.mesh)
     )
-    row = _row(spec, config, info.num_classes, summary, flips, time.perf_counter() - start)
+    row = _row(spec, config, data.info.num_classes, summary, flips, time.perf_counter() - start)
     (run_dir / ROW_FILE).write_text(json.dumps(row, indent=1))
     del state
     jax.clear_caches()  # compiled programs of this run; the persistent cache keeps them

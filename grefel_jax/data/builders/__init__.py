@@ -22,6 +22,9 @@ DATASETS = tuple(_BUILDERS)
 GENERATED = ("synthetic_faces", "synthetic_identities")
 # Datasets labelled by identity (face-identity pretraining), not by expression.
 IDENTITY_DATASETS = ("synthetic_identities", "identity_folder")
+# The image_folder config `NAME_aligned` is the aligned preparation of `NAME`
+# (`python -m grefel_jax.prepare --config NAME --align`, grefel_jax/prepare/align_folder.py).
+ALIGNED_SUFFIX = "_aligned"
 
 
 def get_builder_class(name: str):

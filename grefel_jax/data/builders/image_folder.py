@@ -5,7 +5,7 @@ so a folder missing from one split does not shift the indices of the others. The
 config is a name of your choice (`--config mydata`), so several folders can be prepared side
 by side under data_dir/image_folder/<name>/.
 
-With an `aligner` (`prepare --align`, `grefel_jax.data.align_folder`) every image is stored as
+With an `aligner` (`prepare --align`, `grefel_jax.prepare.align_folder`) every image is stored as
 its aligned face crop instead (or what prediction falls back to), under the config
 `<name>_aligned`.
 """

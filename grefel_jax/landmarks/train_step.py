@@ -1,55 +1,21 @@
-"""The landmark network being pretrained, and its pure train / predict functions.
-
-`LandmarkNet` is GReFEL's landmark branch plus the GDC head: the same `x[:, ::2, ::2]`
-sub-sampling of the model-size input, the same MobileFaceNet under the same name
-(`face_landback`), so its variables load into GReFEL with `--config.init_from` (the head,
-`face_landback/output_layer`, is left out there, as POSTER++ leaves it out).
-"""
+"""The pure functions of landmark pretraining: the loss of the config, a fresh state, one
+step. The network trained is `grefel_jax.models.landmarks.LandmarkNet`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 from grefel_jax import optim
 from grefel_jax.landmarks import losses
-from grefel_jax.models import names
-from grefel_jax.models.config import BackboneConfig
-from grefel_jax.models.layers import Dtype, subsample_by_two
-from grefel_jax.models.mobilefacenet import MobileFaceNet
+from grefel_jax.models.landmarks import LandmarkNet
 from grefel_jax.train_state import TrainState
 
 PyTree = Any
-
-
-class LandmarkNet(nn.Module):
-    """`images (B, S, S, 3)` ImageNet-normalized -> points `(B, N, 2)` float32 in crop units.
-
-    Attributes:
-      backbone: the GReFEL backbone sizes (image_size S, dims[0] = MobileFaceNet width,
-        mfn_units).
-      num_points: N.
-      dtype: compute dtype.
-    """
-
-    backbone: BackboneConfig
-    num_points: int
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
-        cfg = self.backbone
-        x = subsample_by_two(images.astype(self.dtype))
-        net = MobileFaceNet(
-            cfg.dims[0], cfg.mfn_units, self.dtype, self.num_points, name=names.LANDMARK_NET
-        )
-        *_, points = net(x, train)
-        return points.astype(jnp.float32)
 
 
 def loss_fn_for(config) -> Callable[[jax.Array, jax.Array], jax.Array]:
@@ -121,8 +87,3 @@ def train_step(
         opt_state=opt_state,
     )
     return new_state, metrics
-
-
-def predict(variables: PyTree, images: jax.Array, *, model: LandmarkNet) -> jax.Array:
-    """Points `(B, N, 2)` in crop units with the stored BatchNorm statistics."""
-    return model.apply(variables, images, train=False)

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from grefel_jax.data import errors
+from grefel_jax.data.builders import ALIGNED_SUFFIX
 
-ALIGNED_SUFFIX = "_aligned"
 ALIGNMENT_FILE = "alignment.json"
 STATUSES = ("aligned", "fallback_crop", "no_face")
 DEFAULT_SIZE = 224  # the full models' input: aligned crops need no upsampling there
