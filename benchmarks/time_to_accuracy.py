@@ -17,7 +17,7 @@ Test accuracy (primary and corrected) is read at every `--eval_every` steps from
 `metrics.jsonl` (the test split is the run's evaluation split here, so these are not the
 demo's best-checkpoint numbers but the accuracy the run has at that step). Writes every row
 to `--output` (JSON), a Markdown table and a PNG plot beside it. Finished runs are read, not
-re-run.
+re-run; `--report_only` trains nothing and reports the finished runs among those chosen.
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 _INITS = flags.DEFINE_list("inits", list(INITS), f"Any of {list(INITS)}.")
 _HEADS = flags.DEFINE_list("heads", list(HEADS), f"Any of {list(HEADS)}.")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 300, "Test-split evaluation period (steps).")
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "Train nothing: report the finished runs among those chosen."
+)
 _EXTRA = flags.DEFINE_multi_string("extra", [], "More --config.x=v overrides for every run.")
 _OUTPUT = flags.DEFINE_string(
     "output", "docs/results/time_to_accuracy.json", "JSON report (.md and .png beside it)."
@@ -148,7 +151,10 @@ def main(argv):
             for seed in _SEEDS.value:
                 run_dir = workdir / f"{init}_{head}_seed{seed}"
                 seconds = None
-                if not (run_dir / "eval_test.json").exists():
+                finished = (run_dir / "eval_test.json").exists()
+                if not finished and _REPORT_ONLY.value:
+                    continue
+                if not finished:
                     init_from = INITS[init].format(
                         identity=_IDENTITY.value, landmarks=_LANDMARKS.value
                     )
