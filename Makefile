@@ -40,7 +40,7 @@ test: $(STAMP)
 # identity-pretrained IR-50 and a landmark-pretrained MobileFaceNet, grefel_jax/assets), and
 # evaluate it into $(DEMO_DIR); then predict on faces from no split. Re-running resumes.
 demo: $(STAMP)
-	$(PY) -m grefel_jax.data.prepare --dataset synthetic_faces --config demo_96 --data_dir $(DATA_DIR)
+	$(PY) -m grefel_jax.prepare --dataset synthetic_faces --config demo_96 --data_dir $(DATA_DIR)
 	$(PY) -m grefel_jax.main --config configs/demo.py --workdir $(DEMO_DIR) \
 		--config.data.data_dir=$(DATA_DIR)
 	$(PY) -m grefel_jax.data.samples --out $(DEMO_DIR)/samples/faces
@@ -52,8 +52,8 @@ demo: $(STAMP)
 # (docs/pretraining.md). About 15 minutes on 2 cores.
 pretrained: $(STAMP)
 	rm -rf $(PRETRAINED_DIR)
-	$(PY) -m grefel_jax.data.prepare --dataset synthetic_identities --config 96 --data_dir $(DATA_DIR)
-	$(PY) -m grefel_jax.data.prepare --dataset synthetic_faces --config demo_96 --data_dir $(DATA_DIR)
+	$(PY) -m grefel_jax.prepare --dataset synthetic_identities --config 96 --data_dir $(DATA_DIR)
+	$(PY) -m grefel_jax.prepare --dataset synthetic_faces --config demo_96 --data_dir $(DATA_DIR)
 	$(PY) -m grefel_jax.pretrain identity --config configs/identity_synthetic.py \
 		--workdir $(PRETRAINED_DIR)/identity --config.data.data_dir=$(DATA_DIR)
 	$(PY) -m grefel_jax.pretrain landmarks --config configs/landmarks_demo.py \

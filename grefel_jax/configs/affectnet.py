@@ -4,7 +4,7 @@ The official validation set (500 per class) is the builder's `test` split, as in
 The argument picks the class count: `configs/affectnet.py` (7, the default) or
 `configs/affectnet.py:8` (with contempt).
 
-  python -m grefel_jax.data.prepare --dataset affectnet --config 7 --manual_dir DIR \
+  python -m grefel_jax.prepare --dataset affectnet --config 7 --manual_dir DIR \
       --data_dir ~/tensorflow_datasets
   python -m grefel_jax.main --config configs/affectnet.py:8 --workdir runs/affectnet8 \
       --config.data.data_dir=~/tensorflow_datasets [--config.init_from=weights/backbones]

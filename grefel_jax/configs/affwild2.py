@@ -2,7 +2,7 @@ r"""Aff-Wild2 expression track (8 classes, video frames), lr 1e-5, 10 epochs.
 
 Frames labelled -1 are skipped; papers report on the official validation set.
 
-  python -m grefel_jax.data.prepare --dataset aff_wild2_expr --manual_dir DIR \
+  python -m grefel_jax.prepare --dataset aff_wild2_expr --manual_dir DIR \
       --data_dir ~/tensorflow_datasets
   python -m grefel_jax.main --config configs/affwild2.py --workdir runs/affwild2 \
       --config.data.data_dir=~/tensorflow_datasets [--config.init_from=weights/backbones]

@@ -1,7 +1,7 @@
 r"""The CPU demo: the full GReFEL head fine-tuned from pretrained tiny backbones, on the
 synthetic faces, no download.
 
-  python -m grefel_jax.data.prepare --dataset synthetic_faces --config demo_96 --data_dir data
+  python -m grefel_jax.prepare --dataset synthetic_faces --config demo_96 --data_dir data
   python -m grefel_jax.main --config configs/demo.py --workdir runs/demo
 
 (`make demo` runs exactly these two, then `predict` on unseen faces.) Like every published

@@ -2,7 +2,7 @@ r"""FERG-DB (7 classes, stylised characters), RAF-DB learning rate.
 
 FERG-DB has no official split: the builder's 80/20 split by path hash is used.
 
-  python -m grefel_jax.data.prepare --dataset ferg_db --manual_dir DIR \
+  python -m grefel_jax.prepare --dataset ferg_db --manual_dir DIR \
       --data_dir ~/tensorflow_datasets
   python -m grefel_jax.main --config configs/fergdb.py --workdir runs/fergdb \
       --config.data.data_dir=~/tensorflow_datasets [--config.init_from=weights/backbones]

@@ -2,7 +2,7 @@ r"""FER+ (8 classes, majority vote), RAF-DB learning rate.
 
 Best checkpoint by PublicTest (validation); PrivateTest (test) reported at the end.
 
-  python -m grefel_jax.data.prepare --dataset ferplus --manual_dir DIR \
+  python -m grefel_jax.prepare --dataset ferplus --manual_dir DIR \
       --data_dir ~/tensorflow_datasets
   python -m grefel_jax.main --config configs/ferplus.py --workdir runs/ferplus \
       --config.data.data_dir=~/tensorflow_datasets [--config.init_from=weights/backbones]

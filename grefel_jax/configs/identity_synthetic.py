@@ -1,6 +1,6 @@
 r"""Face-identity pretraining of the tiny IR-50 on synthetic identities, at the demo's size.
 
-  python -m grefel_jax.data.prepare --dataset synthetic_identities --config 96 --data_dir data
+  python -m grefel_jax.prepare --dataset synthetic_identities --config 96 --data_dir data
   python -m grefel_jax.pretrain identity --config configs/identity_synthetic.py \
       --workdir runs/identity_synthetic
 

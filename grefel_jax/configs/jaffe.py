@@ -3,7 +3,7 @@ r"""JAFFE (7 classes, 213 images), RAF-DB learning rate.
 JAFFE has no official split: the builder trains on 8 subjects and tests on 2. With 213
 images, batch 32 and 100 epochs keep the number of updates reasonable.
 
-  python -m grefel_jax.data.prepare --dataset jaffe --manual_dir DIR \
+  python -m grefel_jax.prepare --dataset jaffe --manual_dir DIR \
       --data_dir ~/tensorflow_datasets
   python -m grefel_jax.main --config configs/jaffe.py --workdir runs/jaffe \
       --config.data.data_dir=~/tensorflow_datasets [--config.init_from=weights/backbones]

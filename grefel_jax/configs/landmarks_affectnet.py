@@ -1,6 +1,6 @@
 r"""Landmark pretraining on AffectNet's 68 points (iBUG layout), `paper` size.
 
-  python -m grefel_jax.data.prepare --dataset affectnet --config 7 --manual_dir ...
+  python -m grefel_jax.prepare --dataset affectnet --config 7 --manual_dir ...
   python -m grefel_jax.landmarks.pretrain --config configs/landmarks_affectnet.py \
       --workdir runs/landmarks_affectnet --config.data.data_dir=~/tensorflow_datasets
 

@@ -1,6 +1,6 @@
 r"""Landmark pretraining on synthetic faces (all 35 drawn points), `tiny` size.
 
-  python -m grefel_jax.data.prepare --dataset synthetic_faces --config demo_96 --data_dir data
+  python -m grefel_jax.prepare --dataset synthetic_faces --config demo_96 --data_dir data
   python -m grefel_jax.landmarks.pretrain --config configs/landmarks_synthetic.py \
       --workdir runs/landmarks_synthetic
 

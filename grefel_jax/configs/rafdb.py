@@ -2,7 +2,7 @@ r"""RAF-DB basic, 7 classes: POSTER++ recipe, SAM + Adam, lr 3.5e-5.
 
 RAF-DB has no validation split; as in POSTER++, the best epoch is picked on test.
 
-  python -m grefel_jax.data.prepare --dataset raf_db --manual_dir DIR \
+  python -m grefel_jax.prepare --dataset raf_db --manual_dir DIR \
       --data_dir ~/tensorflow_datasets
   python -m grefel_jax.main --config configs/rafdb.py --workdir runs/rafdb \
       --config.data.data_dir=~/tensorflow_datasets [--config.init_from=weights/backbones]
