@@ -3,7 +3,7 @@ r"""`python -m grefel_jax.study noise|imbalance`: a grid of training runs and it
   python -m grefel_jax.study noise --config configs/demo.py --workdir runs/study_noise \
       --preset smoke
   python -m grefel_jax.study noise --config configs/demo.py --workdir runs/study_noise \
-      --preset symmetric        # then --preset pairs, --preset anchors: one sitting each
+      --preset symmetric   # then symmetric2, pairs, pairs2, anchors, anchors_pairs
   python -m grefel_jax.study imbalance --config configs/demo.py --workdir runs/study_lt \
       --preset imbalance
   python -m grefel_jax.study noise --config configs/rafdb.py --workdir runs/rafdb_noise \
@@ -41,8 +41,9 @@ flags.DEFINE_string("workdir", None, "Study directory: one sub-workdir per run, 
 flags.DEFINE_string(
     "preset",
     "smoke",
-    "Grid: noise: smoke, symmetric, pairs, anchors, full, default (issue 11's short grid); "
-    "imbalance: smoke, imbalance, imbalance_trust, full, default. See docs/robustness.md.",
+    "Grid: noise: smoke, symmetric, symmetric2, pairs, pairs2, anchors, anchors_pairs, full, "
+    "default (issue 11's short grid); imbalance: smoke, imbalance, imbalance_grefel, "
+    "imbalance_trust, full, default. See docs/robustness.md.",
 )
 flags.DEFINE_string(
     "init_from",

@@ -400,6 +400,7 @@ def finished_rows(workdir: Path, study: str, like: RunSpec | None = None) -> lis
         if like is not None and (
             (like.steps is not None and row["steps"] != like.steps)
             or row.get("train_records") != like.train_records
+            or (like.init_from is not None and row.get("init_from") != like.init_from)
         ):
             continue
         rows.append(row)
