@@ -1,10 +1,16 @@
-"""Robustness studies: noise sampler, label files, long-tailed subsets, the study runner's
-outputs and resume, and the label-issue ranking."""
+"""Robustness studies: noise sampler, label files, long-tailed subsets, the study grid (noise
+kinds, initialisation), the runner's accuracy history, memorised fraction, outputs and resume,
+the report's computed summary, the command line's errors, and the label-issue ranking."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,18 +105,195 @@ def _study_config(data_config):
     return config
 
 
-def test_a_two_run_study_writes_its_reports_resumes_and_ranks_label_issues(
+def test_run_names_and_overrides_carry_the_noise_kind_and_the_initialisation():
+    specs = grid.noise_grid(
+        rates=(0.0, 0.3),
+        kinds=("symmetric", "pairs"),
+        heads=("grefel",),
+        seeds=(0,),
+        steps=600,
+        init_from="package:a, package:b",
+        train_records=800,
+        eval_every=75,
+    )
+    # The clean run is one run for both kinds; the noisy ones are one per kind.
+    assert [(s.noise, s.kind) for s in specs] == [
+        (0.0, "symmetric"),
+        (0.3, "symmetric"),
+        (0.3, "pairs"),
+    ]
+    tag = grid.init_tag("package:a,package:b")
+    assert tag.startswith("init") and len(tag) == 10
+    assert [s.name for s in specs] == [
+        f"grefel_noise00_seed0_steps600_train800_{tag}",
+        f"grefel_noise30_seed0_steps600_train800_{tag}",
+        f"grefel_pairs30_seed0_steps600_train800_{tag}",
+    ]
+    values = specs[2].overrides()
+    assert values["data.label_noise.kind"] == "pairs"
+    assert values["data.label_noise.rate"] == 0.3
+    assert values["init_from"] == "package:a,package:b"  # normalised
+    assert values["eval_every_steps"] == 75 and values["num_train_steps"] == 600
+    assert values["model.head_preset"] == "grefel" and "model.head.num_anchors" not in values
+    assert grid.HEADS["grefel_trust_full"]["loss.trust"] == "full"
+    # Random weights are a different run from the pretrained ones; None keeps the config's.
+    random = grid.RunSpec(head="poster", seed=1, steps=None, init_from="")
+    assert random.name == "poster_noise00_seed1_random" and random.overrides()["init_from"] == ""
+    assert "init_from" not in grid.RunSpec(head="poster", seed=1, steps=None).overrides()
+    assert grid.init_tag(" package:a ,package:b") == tag != grid.init_tag("package:b,package:a")
+    with pytest.raises(ValueError, match="--kinds: unknown kind 'uniform'"):
+        grid.check_names(kinds=("uniform",))
+
+
+def test_memorised_fraction_on_a_hand_made_case():
+    clean = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    given = np.array([0, 1, 2, 1, 2, 0, 0, 1])  # records 3, 4, 5 flipped
+    predicted = np.array([0, 1, 0, 1, 2, 2, 0, 0])  # fits the wrong label of 3 and 4, not 5
+    scores = runner.memorisation(predicted, given, clean)
+    assert scores["num_flipped"] == 3
+    assert scores["memorised_fraction"] == pytest.approx(2 / 3)
+    assert scores["train_accuracy_given"] == pytest.approx(5 / 8)  # 0, 1, 3, 4, 6
+    assert scores["train_accuracy_clean"] == pytest.approx(4 / 8)  # 0, 1, 5, 6
+    assert np.isnan(runner.memorisation(clean, clean, clean)["memorised_fraction"])
+
+
+def _write_metrics(run_dir: Path, accuracies: dict[int, float], corrected_offset: float):
+    """A metrics.jsonl as the training loop writes it: train lines and test evaluations."""
+    run_dir.mkdir(parents=True)
+    lines = []
+    for step, acc in accuracies.items():
+        lines.append({"step": step, "split": "train", "accuracy": 0.99, "loss": 0.1})
+        record = {"step": step, "split": "test", "num_examples": 70.0}
+        for prediction, value in (("primary", acc), ("corrected", acc + corrected_offset)):
+            for metric in runner.METRICS:
+                record[f"{prediction}/{metric}"] = value
+        lines.append(record)
+    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+
+
+def _hand_row(run_dir: Path, head: str, noise: float, seed: int) -> dict:
+    history = runner.read_history(run_dir, "test")
+    row = {
+        "study": "noise",
+        "head": head,
+        "num_anchors": 0 if head == "poster" else 10,
+        "noise": noise,
+        "kind": "symmetric" if noise else "",
+        "label_file": "",
+        "imbalance_ratio": 1.0,
+        "balancing": "",
+        "seed": seed,
+        "steps": history[-1]["step"],
+        "train_records": 100,
+        "init_from": "",
+        "eval_every": 100,
+        "realised_flip_fraction": noise,
+        "split": "test",
+        "num_examples": 70,
+        "history": history,
+        **runner.history_summary(history),
+    }
+    for prediction in ("primary", "corrected"):
+        row[f"train/{prediction}/memorised_fraction"] = 0.5 if noise else None
+        row[f"train/{prediction}/train_accuracy_given"] = 0.8
+    return row
+
+
+def test_the_report_reads_peak_final_and_drop_from_the_history_and_computes_its_answer(
+    tmp_path,
+):
+    # poster memorises at 30 %: peak 0.80 at step 200, then down to 0.70 (drop 0.10);
+    # grefel peaks later and keeps it (drop 0.00 / 0.01): it shrinks the drop beyond the spread.
+    curves = {
+        ("poster", 0.0): [{100: 0.8, 200: 0.9, 300: 0.9}, {100: 0.8, 200: 0.88, 300: 0.89}],
+        # seed 0 logs step 300 as 0.75, is interrupted and logs it again as 0.70 on resume
+        ("poster", 0.3): [{100: 0.7, 200: 0.8, 300: 0.75}, {100: 0.72, 200: 0.81, 300: 0.70}],
+        ("grefel", 0.0): [{100: 0.7, 200: 0.85, 300: 0.9}, {100: 0.7, 200: 0.86, 300: 0.9}],
+        ("grefel", 0.3): [{100: 0.6, 200: 0.7, 300: 0.75}, {100: 0.6, 200: 0.76, 300: 0.75}],
+    }
+    rows = []
+    for (head, rate), seeds in curves.items():
+        for seed, accuracies in enumerate(seeds):
+            run_dir = tmp_path / f"{head}_{rate}_{seed}"
+            _write_metrics(run_dir, accuracies, corrected_offset=0.02 if head != "poster" else 0)
+            if (head, rate, seed) == ("poster", 0.3, 0):  # the later line of a step counts
+                again = {"step": 300, "split": "test", "num_examples": 70.0}
+                again.update(
+                    {f"{p}/{m}": 0.7 for p in ("primary", "corrected") for m in runner.METRICS}
+                )
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(again) + "\n")
+            rows.append(_hand_row(run_dir, head, rate, seed))
+    poster = rows[2]
+    assert [h["step"] for h in poster["history"]] == [100, 200, 300]
+    assert poster["primary/peak_accuracy"] == 0.8 and poster["primary/peak_step"] == 200
+    assert poster["primary/final_accuracy"] == 0.7
+    assert poster["primary/drop_accuracy"] == pytest.approx(0.1)
+    grefel = rows[7]  # seed 1 at 30 %: peak 0.78 (corrected) at step 200, final 0.77
+    assert grefel["corrected/peak_step"] == 200
+    assert grefel["corrected/peak_accuracy"] == pytest.approx(0.78)
+    assert grefel["corrected/final_accuracy"] == pytest.approx(0.77)
+
+    verdict = report.drop_verdict(rows)
+    assert verdict["compared"] == 1
+    [(kind, level, head, shrink, spread)] = verdict["shrinks"]
+    assert (kind, level, head) == ("symmetric", "30%", "grefel")
+    # poster drops 0.10 and 0.11, grefel 0.00 and 0.01 -> shrink 0.10, spread 2 x 0.00707.
+    assert shrink == pytest.approx(0.10) and spread == pytest.approx(2 * 0.01 / np.sqrt(2))
+    assert verdict["memorisation"][0][:2] == ("symmetric", "30%") and verdict["memorisation"][0][4]
+    paths = report.write_reports(rows, "noise", tmp_path)
+    text = paths[1].read_text()
+    assert (
+        "drop shrunk by a GReFEL setting beyond the seed spread: YES: grefel at symmetric 30%"
+        in text
+    )
+    assert "| poster (primary) | 0.000 ± 0.000 | 0.105 ± 0.007 |" in text  # the drop table
+    assert paths[2].stat().st_size > 0
+    # With a seed spread larger than the shrink, the answer is no.
+    rows[6]["corrected/drop_accuracy"] = 0.3
+    assert report.drop_verdict(rows)["shrinks"] == []
+    assert "beyond the seed spread: NO (none of 1 head x level cells)" in "\n".join(
+        report.summary_lines(rows)
+    )
+
+
+def _study_config(data_config):
+    from grefel_jax.configs import base
+
+    config = base.get_base_config()
+    config.data = data_config
+    config.model.variant = "tiny"
+    config.model.backbone.image_size = 32
+    config.model.backbone.ir_units = (1, 1, 1)  # a backbone that compiles in seconds
+    config.model.backbone.vit_depth = 1
+    config.optim.sam = False
+    config.batch_size = config.eval_batch_size = 8
+    config.log_every_steps = 1
+    config.async_checkpoints = False
+    config.init_from = ""  # the tiny model is not the packaged backbones' architecture
+    return config
+
+
+def test_a_two_run_study_records_its_history_resumes_and_ranks_label_issues(
     tiny_faces_config, tmp_path, monkeypatch
 ):
     """One of the suite's slow tests, by nature: a study is training runs, so this trains
-    two (2 steps each), evaluates them and ranks a run's labels. The second run's programs
-    come from the persistent compilation cache; what is left is tracing, the steps and the
-    evaluations (about a minute on 2 cores under load)."""
-    from grefel_jax import train
+    two (2 steps each, the test split evaluated at both), scores their training records,
+    and ranks a run's labels. The second run's programs come from the persistent compilation
+    cache; what is left is tracing, the steps and the evaluations."""
+    from grefel_jax import loop
     from grefel_jax.study import label_issues
 
     config = _study_config(tiny_faces_config)
-    specs = grid.noise_grid(rates=(0.0, 0.5), heads=("grefel_k1",), seeds=(0,), steps=2)
+    specs = grid.noise_grid(
+        rates=(0.0, 0.5),
+        heads=("grefel_k1",),
+        seeds=(0,),
+        steps=2,
+        init_from="",
+        train_records=100,
+        eval_every=1,
+    )
     workdir = tmp_path / "study"
     rows = runner.run_study(config, specs, workdir, split="test")
     paths = report.write_reports(rows, "noise", workdir)
@@ -119,15 +302,33 @@ def test_a_two_run_study_writes_its_reports_resumes_and_ranks_label_issues(
     saved = json.loads(paths[0].read_text())
     assert [r["noise"] for r in saved] == [0.0, 0.5]
     assert saved[0]["realised_flip_fraction"] == 0.0
-    assert 0.3 < saved[1]["realised_flip_fraction"] < 0.7  # 140 records at r = 0.5
+    assert 0.3 < saved[1]["realised_flip_fraction"] < 0.7  # 100 records at r = 0.5
     assert {r["steps"] for r in saved} == {2} and {r["num_examples"] for r in saved} == {70}
-    assert "| grefel_k1 |" in paths[1].read_text()
+    assert {r["init_from"] for r in saved} == {""} and {r["train_records"] for r in saved} == {100}
+    for row in saved:
+        # The test split at every evaluation: steps 1 and 2; peak and final from them.
+        history = row["history"]
+        assert [h["step"] for h in history] == [1, 2]
+        for prediction in ("primary", "corrected"):
+            values = [h[f"{prediction}/accuracy"] for h in history]
+            assert row[f"{prediction}/peak_accuracy"] == max(values)
+            assert row[f"{prediction}/final_accuracy"] == values[-1]
+            assert row[f"{prediction}/accuracy"] == values[-1]
+            assert row[f"{prediction}/peak_step"] == 1 + values.index(max(values))
+        # Training records scored without augmentation: the 100 of the subset.
+        assert row["train/num_records"] == 100
+        assert row["train/num_flipped"] == round(row["realised_flip_fraction"] * 100)
+    assert saved[0]["train/primary/memorised_fraction"] is None  # nothing flipped
+    assert 0.0 <= saved[1]["train/primary/memorised_fraction"] <= 1.0
+    assert "| grefel_k1 (corrected) |" in paths[1].read_text()
+    assert runner.finished_rows(workdir, "noise", like=specs[0]) == rows
+    assert runner.finished_rows(workdir, "imbalance") == []
 
     # A re-run trains nothing: every run is finished.
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(train, "train_and_evaluate", no_training)
+    monkeypatch.setattr(loop, "run", no_training)
     assert runner.run_study(config, specs, workdir, split="test") == rows
 
     # Label issues of the noisy run on its own training split.
@@ -140,7 +341,35 @@ def test_a_two_run_study_writes_its_reports_resumes_and_ranks_label_issues(
     assert len(ranked) == summary["num_records"] == 140
     scores = [float(r["score"]) for r in ranked]
     assert scores == sorted(scores, reverse=True)
-    flips = sum(r["given_label"] != r["dataset_label"] for r in ranked)
-    assert summary["num_flipped"] == flips == round(saved[1]["realised_flip_fraction"] * 140)
     assert 0.0 <= summary["reliability/auroc"] <= 1.0
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_bad_study_flags_stop_with_one_error_line_before_compiling():
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(repo)}
+    base = [sys.executable, "-m", "grefel_jax.study", "noise", "--config", "configs/demo.py"]
+    cases = {
+        "--preset": ["--preset", "everything"],
+        "--heads": ["--heads", "poster,grefel_k7"],
+        "--kinds": ["--kinds", "uniform"],
+        "--init_from": ["--init_from", "package:tiny64_nothing"],
+    }
+
+    def run(args):
+        return subprocess.run(
+            base + ["--workdir", "/nonexistent/study"] + args,
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(cases, pool.map(run, cases.values())))
+    for flag, result in results.items():
+        assert result.returncode == 2, (flag, result.stderr[-500:])
+        errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+        assert len(errors) == 1 and errors[0].startswith(f"ERROR: {flag}"), (flag, errors)
+    assert not Path("/nonexistent/study").exists()
