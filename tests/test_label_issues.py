@@ -288,3 +288,9 @@ def test_bad_folds_and_a_split_too_small_fail_in_one_line(tiny_faces_config, tmp
     line = _one_error_line(_run(*data, "--folds=71"))
     assert line.startswith("ERROR: --folds=71: the training split 'train' has 140 records")
     assert not workdir.exists()
+    # The library call names the flags too (the command runs it before training).
+    config = _config(tiny_faces_config)
+    with pytest.raises(ValueError, match=r"--split=test: out-of-fold scoring ranks the training"):
+        label_issues.plan_folds(config, 5, 0, "test")
+    with pytest.raises(ValueError, match=r"--folds=-1: must be >= 2"):
+        label_issues.plan_folds(config, -1, 0, None)

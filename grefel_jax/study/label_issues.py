@@ -483,6 +483,8 @@ def find_label_issues_out_of_fold(
         "folds": int(num_folds),
         "fold_seed": int(seed),
         "init_from": str(config.get("init_from", "") or ""),
+        "num_train_steps": config.get("num_train_steps"),
+        "label_noise": config.data.label_noise.to_dict(),
     }
     return rank_and_report(outputs, given, config, split, out, summary, **clean_options)
 
@@ -506,7 +508,10 @@ def check_flags() -> None:
             raise ValueError(f"--out: required with --folds {IN_SAMPLE} (in sample).")
     else:
         if not FLAGS.workdir:
-            raise ValueError(f"--workdir: required with --folds {folds} (the fold runs go there).")
+            raise ValueError(
+                f"--workdir: required with --folds {folds} (the {folds} fold runs go there); "
+                f"--folds {IN_SAMPLE} scores in sample with --checkpoint."
+            )
         if FLAGS.config is None and not FLAGS.checkpoint:
             raise ValueError(
                 f"--config: required with --folds {folds} (or --checkpoint W: its config.json)."
@@ -553,7 +558,8 @@ def main(argv):
     )
     if "clean" in summary:
         c = summary["clean"]
-        print(f"{c['file']}: label file with the top {c['k']} suspects ({c['by']}) {c['mode']}ed")
+        done = {"relabel": "relabelled", "drop": "dropped"}[c["mode"]]
+        print(f"{c['file']}: label file with the top {c['k']} suspects ({c['by']}) {done}")
     if "reliability/auroc" in summary:
         k = summary["num_flipped"]
         for kind in ("reliability", "baseline", "cleanlab"):
