@@ -9,6 +9,7 @@ ordinary training run (tests/test_train.py, tests/test_study.py).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -30,7 +31,7 @@ def _config(data_config, *, rate=0.3):
     from grefel_jax.configs import base
 
     config = base.get_base_config()
-    config.data = data_config
+    config.data = copy.deepcopy(data_config)  # the fixture is shared by the session: not ours
     config.data.label_noise.rate = rate
     config.data.label_noise.seed = 4
     config.model.variant = "tiny"

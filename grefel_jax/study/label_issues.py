@@ -540,6 +540,11 @@ def main(argv):
         else:
             workdir = Path(FLAGS.workdir)
             out = Path(FLAGS.out) if FLAGS.out else workdir / "label_issues.csv"
+            import jax
+
+            if not jax.config.jax_compilation_cache_dir:
+                # The K runs compile the same programs: compile once (as a study does).
+                jax.config.update("jax_compilation_cache_dir", str(workdir / "jax_cache"))
             # Checks the folds against the data first: nothing is compiled before.
             summary = find_label_issues_out_of_fold(
                 config,
