@@ -353,9 +353,10 @@ def rank_and_report(
 
     The summary gains num_records, num_flipped, num_suggested (suggested != given) and
     cleanlab/num_issues, and when some given labels differ from the dataset's, for each
-    score of ranking.SCORES and `cleanlab`: `<score>/auroc`, `/precision_at_k`,
-    `/recall_at_k` (k = number of flips), plus the precision and recall of the sets
-    `cleanlab/find_label_issues` and `reliability/suggested` (suggested != given).
+    score of ranking.SCORES, `cleanlab` (on p) and `cleanlab_corrected` (cleanlab on q_corr):
+    `<score>/auroc`, `/precision_at_k`, `/recall_at_k` (k = number of flips), plus the
+    precision and recall of the sets `cleanlab/find_label_issues`,
+    `cleanlab_corrected/find_label_issues` and `reliability/suggested` (suggested != given).
     """
     from grefel_jax.data import pipeline, source
     from grefel_jax.study import ranking
@@ -365,6 +366,9 @@ def rank_and_report(
     scores = ranking.given_label_scores(outputs, given)
     cleanlab = ranking.cleanlab_scores(outputs["probs"], given)
     scores["cleanlab"] = cleanlab["score"]
+    # Confident learning fed the head's q_corr instead of p: is q_corr the better input?
+    cleanlab_corrected = ranking.cleanlab_scores(outputs["corrected_probs"], given)
+    scores["cleanlab_corrected"] = cleanlab_corrected["score"]
     suggested = outputs["corrected_probs"].argmax(-1)
     order = np.argsort(-scores["reliability"], kind="mergesort")
     rows = []
@@ -397,11 +401,12 @@ def rank_and_report(
         **{"cleanlab/num_issues": int(cleanlab["issues"].sum())},
     )
     if 0 < flipped.sum() < len(flipped):
-        for kind in (*ranking.SCORES, "cleanlab"):
+        for kind in (*ranking.SCORES, "cleanlab", "cleanlab_corrected"):
             for name, value in ranking.detection_metrics(scores[kind], flipped).items():
                 summary[f"{kind}/{name}"] = value
         for name, found in (
             ("cleanlab/find_label_issues", cleanlab["issues"]),
+            ("cleanlab_corrected/find_label_issues", cleanlab_corrected["issues"]),
             ("reliability/suggested", suggested != given),
         ):
             precision, recall = ranking.set_precision_recall(found, flipped)
