@@ -67,6 +67,10 @@ def check_config(config) -> None:
     for key in ("batch_size", "eval_batch_size"):
         if key in config and config[key] is not None and config[key] <= 0:
             raise ValueError(f"config.{key}={config[key]} must be positive.")
+    if "data" in config and "folds" in config.data:
+        from grefel_jax.data import folds
+
+        folds.check(config.data.folds)
 
 
 def loss_config(config) -> LossConfig:

@@ -57,6 +57,15 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.imbalance.profile = "exponential"
     c.imbalance.seed = 0
 
+    # Out-of-fold training (grefel_jax.data.folds): with num = K >= 2, train on the training
+    # records outside fold `holdout` of a seeded K-fold split stratified by the given label;
+    # `python -m grefel_jax.study.label_issues --folds K` trains one run per holdout and
+    # scores each record with the run that did not see it. num 0 = every record.
+    c.folds = ml_collections.ConfigDict()
+    c.folds.num = 0
+    c.folds.holdout = 0
+    c.folds.seed = 0
+
     c.sampler = "none"  # 'none' | 'inverse_frequency'
     c.shuffle_seed = 0
     c.num_workers = 0  # grain worker processes (0 = in the main process)

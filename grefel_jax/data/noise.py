@@ -115,15 +115,26 @@ class LabelNoise:
         return np.asarray([self(i, y) for i, y in zip(indices, labels)], np.int32)
 
 
+# A label file's label for a record that training leaves out (`--clean drop` of the label-issue
+# finder writes it; source.train_record_indices skips such records).
+DROPPED = -1
+
+
 class GivenLabels:
     """Picklable label function of a label file: record index -> the file's label.
 
     Args:
-      labels: (N,) int32, one given label per training record in record order.
+      labels: (N,) int32, one given label per training record in record order; DROPPED (-1)
+        for a record that training leaves out.
     """
 
     def __init__(self, labels: np.ndarray):
         self.labels = np.asarray(labels, np.int32)
+
+    @property
+    def dropped(self) -> np.ndarray:
+        """Sorted (D,) int64 indices of the records the file drops (label DROPPED)."""
+        return np.flatnonzero(self.labels == DROPPED).astype(np.int64)
 
     def __call__(self, index: int, label: int) -> int:
         del label  # the file decides
@@ -137,6 +148,9 @@ class GivenLabels:
 
 def read_label_file(path: str, class_names: Sequence[str], num_records: int) -> np.ndarray:
     """(N,) int32 labels from a text file (a class index or class name per line) or an .npy.
+
+    A label of -1 (`DROPPED`) leaves that record out of training (a cleaned label file of
+    `python -m grefel_jax.study.label_issues --clean drop`).
 
     Raises:
       ValueError: one line naming `config.data.label_noise.file`, the file and what is wrong.
@@ -175,11 +189,11 @@ def read_label_file(path: str, class_names: Sequence[str], num_records: int) -> 
             f"{where}: {len(labels)} labels, but the training split has {num_records} records "
             "(one label per record, in record order)."
         )
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    bad = np.flatnonzero(((labels < 0) & (labels != DROPPED)) | (labels >= num_classes))
     if len(bad):
         raise ValueError(
             f"{where}: label {int(labels[bad[0]])} of record {int(bad[0])} is outside "
-            f"0..{num_classes - 1}."
+            f"0..{num_classes - 1} (or {DROPPED}: dropped)."
         )
     return labels.astype(np.int32)
 

@@ -81,8 +81,9 @@ class TrainOrder:
         position i draws a class uniformly and a record of that class uniformly, both from a
         hash of (seed, i), instead of walking a permutation.
       sampler: 'none' or 'inverse_frequency'.
-      keep: optional sorted (M,) record indices to draw from instead of all N (a long-tailed
-        subset, `source.train_record_indices`); positions then walk permutations of M.
+      keep: optional sorted (M,) record indices to draw from instead of all N (the records
+        training reads: a long-tailed subset, less dropped records and a held-out fold,
+        `source.train_record_indices`); positions then walk permutations of M.
     """
 
     def __init__(self, num_records: int, seed: int, labels=None, sampler: str = "none", keep=None):

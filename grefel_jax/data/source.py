@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from grefel_jax.data import builders, errors
+from grefel_jax.data import builders, errors, folds, noise
 from grefel_jax.data.builders import base
 
 MANUAL_DATASETS_HINT = "the files named in the builder's MANUAL_DOWNLOAD_INSTRUCTIONS"
@@ -164,18 +164,63 @@ def dataset_info(data_config) -> DatasetInfo:
 def train_record_indices(data_config) -> np.ndarray | None:
     """Sorted (M,) int64 indices of the training records that training reads; None = all.
 
-    Only `config.data.imbalance.ratio > 1` selects a subset (a long-tailed one,
-    grefel_jax.data.imbalance).
+    Three settings select a subset, each of what the one before kept:
+    `config.data.imbalance.ratio > 1` (a long-tailed subset, grefel_jax.data.imbalance), a
+    label file's -1 labels (records dropped by `label_issues --clean drop`), and
+    `config.data.folds.num = K >= 2` (every fold but `holdout`: one model of out-of-fold
+    scoring, grefel_jax.data.folds).
     """
-    settings = _field(data_config, "imbalance")
-    if settings is None or float(settings.ratio) == 1.0:
-        return None
-    from grefel_jax.data import imbalance
+    folds_config = _field(data_config, "folds")
+    if folds_config is None or int(folds_config.num) == 0:
+        return unfolded_record_indices(data_config)
+    _, holdout, _ = folds.check(folds_config)
+    records, assignment = fold_assignment(data_config)
+    return records[assignment != holdout]
 
-    labels = split_labels(data_config, _field(data_config, "train_split", "train"))
-    return imbalance.long_tail_indices(
-        labels, float(settings.ratio), profile=str(settings.profile), seed=int(settings.seed)
-    )
+
+def unfolded_record_indices(data_config) -> np.ndarray | None:
+    """Sorted (M,) int64 indices of the training records that training reads before
+    `config.data.folds` (the imbalance subset less the records a label file drops); None = all."""
+    split = _field(data_config, "train_split", "train")
+    records = None
+    settings = _field(data_config, "imbalance")
+    if settings is not None and float(settings.ratio) != 1.0:
+        from grefel_jax.data import imbalance
+
+        labels = split_labels(data_config, split)
+        records = imbalance.long_tail_indices(
+            labels, float(settings.ratio), profile=str(settings.profile), seed=int(settings.seed)
+        )
+    noise_config = _field(data_config, "label_noise")
+    if noise_config is not None and str(noise_config.get("file", "") or ""):
+        info = dataset_info(data_config)
+        given = noise.from_config(noise_config, info.class_names, info.split_sizes[split])
+        if len(given.dropped):
+            kept = np.setdiff1d(np.arange(info.split_sizes[split]), given.dropped)
+            records = kept if records is None else np.intersect1d(records, kept)
+    return records
+
+
+def fold_assignment(data_config) -> tuple[np.ndarray, np.ndarray]:
+    """The K-fold split of the training records of `config.data.folds` (K = num >= 2).
+
+    Returns:
+      `(records, folds)`: sorted (M,) int64 indices of the records split (those training
+      reads without folds) and (M,) int32 the fold of each, stratified by its given label
+      (after the label noise or label file), from `folds.seed`.
+    """
+    split = _field(data_config, "train_split", "train")
+    records = unfolded_record_indices(data_config)
+    info = dataset_info(data_config)
+    if records is None:
+        records = np.arange(info.split_sizes[split], dtype=np.int64)
+    labels = split_labels(data_config, split)[records]
+    noise_config = _field(data_config, "label_noise")
+    if noise_config is not None:
+        given = noise.from_config(noise_config, info.class_names, info.split_sizes[split])
+        labels = given.apply(records, labels)
+    folds_config = data_config.folds
+    return records, folds.assign_folds(labels, int(folds_config.num), int(folds_config.seed))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +232,9 @@ class TrainingSet:
       info: the dataset's metadata.
       split: the training split's name.
       indices: sorted (M,) int64 indices of the records training reads (the long-tailed
-        subset of `config.data.imbalance`), or None for the whole split.
+        subset of `config.data.imbalance`, less the records a label file drops and the
+        held-out fold of `config.data.folds`: `train_record_indices`), or None for the
+        whole split.
       data_config: the `config.data` it was opened from (None: a stand-in without files, as
         the benchmarks' random inputs; it has no class counts).
     """

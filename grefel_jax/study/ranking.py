@@ -64,3 +64,61 @@ def precision_at_k(scores: np.ndarray, positive: np.ndarray, k: int) -> float:
         return float("nan")
     top = np.argsort(-np.asarray(scores, np.float64), kind="mergesort")[:k]
     return float(np.asarray(positive, bool)[top].mean())
+
+
+def recall_at_k(scores: np.ndarray, positive: np.ndarray, k: int) -> float:
+    """Fraction of the positives among the k highest scores (NaN without positives). At
+    k = number of positives it equals precision_at_k: both are (true positives in the top k)
+    / k."""
+    positive = np.asarray(positive, bool)
+    if k <= 0 or not positive.any():
+        return float("nan")
+    top = np.argsort(-np.asarray(scores, np.float64), kind="mergesort")[:k]
+    return float(positive[top].sum() / positive.sum())
+
+
+def set_precision_recall(found: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
+    """(precision, recall) of the (N,) bool set `found` against the (N,) bool `positive`
+    (NaN where the denominator is empty)."""
+    found, positive = np.asarray(found, bool), np.asarray(positive, bool)
+    hits = float((found & positive).sum())
+    precision = hits / found.sum() if found.any() else float("nan")
+    recall = hits / positive.sum() if positive.any() else float("nan")
+    return float(precision), float(recall)
+
+
+def detection_metrics(scores: np.ndarray, positive: np.ndarray) -> dict[str, float]:
+    """AUROC, precision_at_k and recall_at_k of (N,) `scores` for the (N,) bool `positive`,
+    k = the number of positives (the number of flipped labels)."""
+    k = int(np.asarray(positive, bool).sum())
+    return {
+        "auroc": auroc(scores, positive),
+        "precision_at_k": precision_at_k(scores, positive, k),
+        "recall_at_k": recall_at_k(scores, positive, k),
+    }
+
+
+def cleanlab_scores(pred_probs: np.ndarray, given: np.ndarray) -> dict[str, np.ndarray]:
+    """cleanlab's view of the same out-of-fold probabilities (cleanlab 2.x, not re-implemented).
+
+    Args:
+      pred_probs: (N, C) out-of-fold probabilities (rows sum to 1).
+      given: (N,) int given labels.
+
+    Returns:
+      `score` (N,) float64 = 1 - `cleanlab.rank.get_label_quality_scores` (its default
+      self-confidence quality, so higher = more suspect, as the scores above), and `issues`
+      (N,) bool = `cleanlab.filter.find_label_issues` (confident learning's own pick,
+      `prune_by_noise_rate`: it also estimates how many labels are wrong).
+    """
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    pred_probs = np.asarray(pred_probs, np.float64)
+    # float32 softmax rows can miss 1 by more than cleanlab's check allows.
+    pred_probs = pred_probs / pred_probs.sum(axis=1, keepdims=True)
+    given = np.asarray(given, np.int64)
+    quality = get_label_quality_scores(given, pred_probs)
+    # n_jobs=1: cleanlab would otherwise start a process per core (shared small machines).
+    issues = find_label_issues(given, pred_probs, n_jobs=1)
+    return {"score": 1.0 - np.asarray(quality, np.float64), "issues": np.asarray(issues, bool)}
