@@ -6,6 +6,7 @@ from typing import Any
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 
 PyTree = Any
 
@@ -57,4 +58,18 @@ class TrainState:
             opt_state=train["opt_state"],
             ema_params=model.get("ema_params"),
             rng=train["rng"],
+        )
+
+    @classmethod
+    def fresh(cls, variables: dict[str, PyTree], tx, rng: jax.Array) -> TrainState:
+        """Step 0 of a pretraining network's `variables` (params, batch_stats) under the optax
+        transformation `tx`, without EMA; `rng` is the key whose data seeds the step keys."""
+        params = variables["params"]
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables["batch_stats"],
+            opt_state=tx.init(params),
+            ema_params=None,
+            rng=jax.random.key_data(rng),
         )

@@ -201,15 +201,7 @@ def init_state(rng: jax.Array, *, model: IdentityNet, tx: optax.GradientTransfor
     params_rng, state_rng = jax.random.split(rng)
     size = model.backbone.image_size
     variables = model.init(params_rng, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
-    params = variables["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables["batch_stats"],
-        opt_state=tx.init(params),
-        ema_params=None,
-        rng=jax.random.key_data(state_rng),
-    )
+    return TrainState.fresh(variables, tx, state_rng)
 
 
 def train_step(

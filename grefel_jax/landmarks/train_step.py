@@ -39,15 +39,7 @@ def init_state(
     """A fresh TrainState (no EMA); meant to run under jit with the state shardings."""
     size = model.backbone.image_size
     variables = model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
-    params = variables["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables["batch_stats"],
-        opt_state=tx.init(params),
-        ema_params=None,
-        rng=jax.random.key_data(rng),
-    )
+    return TrainState.fresh(variables, tx, rng)
 
 
 def train_step(
