@@ -19,11 +19,11 @@ from grefel_jax.checkpoints.pretrained import packaged_dir, resolve_source
 from grefel_jax.data import augment, synthetic_faces
 from grefel_jax.data.builders import synthetic_faces as faces_builder
 from grefel_jax.data.builders import synthetic_identities
+from grefel_jax.data.landmark_layouts import layout_for
 from grefel_jax.identity import verification
 from grefel_jax.landmarks import losses as landmark_losses
-from grefel_jax.landmarks.model import LandmarkNet
-from grefel_jax.landmarks.points import layout_for
 from grefel_jax.models.identity import IdentityHeadConfig, IdentityNet, identity_sizes
+from grefel_jax.models.landmarks import LandmarkNet
 from grefel_jax.preprocess import preprocess_eval_image
 
 IDENTITY = "tiny64_identity"
