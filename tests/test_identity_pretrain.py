@@ -159,3 +159,29 @@ def test_init_from_with_ema_gives_the_ema_its_own_buffers(pretrained):
     )
     donated = jax.jit(lambda s: s.replace(step=s.step + 1), donate_argnums=0)(state)
     assert int(donated.step) == 1
+
+
+def test_package_writes_a_loadable_backbone_with_provenance_and_no_absolute_path(
+    pretrained, tmp_path, monkeypatch
+):
+    """`python -m grefel_jax.pretrain.package`'s function on a finished identity workdir: the
+    package keeps `ir_back` (no margin head), records its report and recipe, and carries no
+    path of where it was built or packaged (orbax's commit marker included)."""
+    from grefel_jax.pretrain import package
+
+    workdir = pretrained[0]
+    monkeypatch.chdir(workdir.parent)  # the workdir as `make pretrained` gives it: relative
+    target = package.package("identity", workdir.name, str(tmp_path / "assets"))
+    variables, _, _ = checkpoints.load_inference_checkpoint(str(target), check_shapes=False)
+    assert set(variables["params"]) == {"ir_back"}
+    provenance = json.loads((target / "provenance.json").read_text())
+    assert provenance["init_from"] == f"package:{target.name}"
+    assert provenance["report"]["verification_accuracy"] == pytest.approx(
+        pretrained[2]["verification_accuracy"]
+    )
+    assert provenance["recipe"]["num_train_steps"] == 20
+    for path in target.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert str(tmp_path).encode() not in data, path
+            assert str(workdir).encode() not in data, path  # the recipe's data_dir stays as given

@@ -108,6 +108,10 @@ def package(kind: str, workdir: str, out: str) -> pathlib.Path:
         target, kept, record, extra_metadata={"provenance": PROVENANCE, "kind": kind}
     )
     (target / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
+    # orbax's commit marker holds the absolute path it was written to; only its presence
+    # matters, and a shipped package must not carry a path of the building machine.
+    for marker in target.rglob("commit_success.txt"):
+        marker.write_text("Checkpoint commit was successful.\n")
     return target
 
 
