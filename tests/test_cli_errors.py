@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import one_error_line
 from PIL import Image
 
 from grefel_jax import cli
@@ -49,14 +50,6 @@ def _run(module: str, *args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
-
-
-def _one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("ERROR: "), result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
 
 
 def test_every_documented_command_answers_help_with_0():
@@ -197,7 +190,7 @@ def test_a_bad_config_value_is_one_line_before_the_workdir_exists(tmp_path):
         str(tmp_path / "run"),
         "--config.model.head.num_anchors=0",
     )
-    assert _one_error_line(result) == "ERROR: --config.model.head.num_anchors=0 must be > 0."
+    assert one_error_line(result) == "ERROR: --config.model.head.num_anchors=0 must be > 0."
     assert not (tmp_path / "run").exists()
 
 
@@ -233,7 +226,7 @@ def tiny_folder(tmp_path_factory):
 
 def test_evaluate_names_a_split_the_dataset_lacks(tiny_folder, tmp_path):
     result = _run("evaluate", "--checkpoint", str(tmp_path), *tiny_folder, "--split", "tset")
-    line = _one_error_line(result)
+    line = one_error_line(result)
     assert line == (
         "ERROR: --split='tset': image_folder/mine has no such split; its splits are "
         "['test', 'train']."
@@ -242,7 +235,7 @@ def test_evaluate_names_a_split_the_dataset_lacks(tiny_folder, tmp_path):
 
 def test_evaluate_names_a_misspelt_checkpoint(tmp_path):
     missing = tmp_path / "runs" / "deom"
-    line = _one_error_line(_run("evaluate", "--checkpoint", str(missing)))
+    line = one_error_line(_run("evaluate", "--checkpoint", str(missing)))
     assert line == f"ERROR: --checkpoint={missing}: no such file or directory."
 
 

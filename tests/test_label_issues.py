@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import one_error_line
 
 from grefel_jax.data import folds, noise, pipeline, source
 from grefel_jax.study import label_issues, ranking
@@ -267,13 +268,6 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("ERROR: "), result.stderr
-    return lines[0]
-
-
 def test_bad_folds_and_a_split_too_small_fail_in_one_line(tiny_faces_config, tmp_path):
     """Both fail while reading the flags or the labels: nothing is trained or written."""
     workdir = tmp_path / "w"
@@ -285,9 +279,9 @@ def test_bad_folds_and_a_split_too_small_fail_in_one_line(tiny_faces_config, tmp
         "--config.init_from=",
         f"--workdir={workdir}",
     ]
-    line = _one_error_line(_run(*data, "--folds=1"))
+    line = one_error_line(_run(*data, "--folds=1"))
     assert line.startswith("ERROR: --folds=1: must be >= 2") and "or 0 to score in sample" in line
-    line = _one_error_line(_run(*data, "--folds=71"))
+    line = one_error_line(_run(*data, "--folds=71"))
     assert line.startswith("ERROR: --folds=71: the training split 'train' has 140 records")
     assert not workdir.exists()
     # The library call names the flags too (the command runs it before training).

@@ -89,22 +89,6 @@ def test_ranking_puts_a_deliberately_flipped_record_first():
     assert ranking.auroc(np.array([0.9, 0.5, 0.5, 0.1]), np.array([1, 1, 0, 0], bool)) == 0.875
 
 
-def _study_config(data_config):
-    from grefel_jax.configs import base
-
-    config = base.get_base_config()
-    config.data = data_config
-    config.model.variant = "tiny"
-    config.model.backbone.image_size = 32
-    config.model.backbone.ir_units = (1, 1, 1)  # a backbone that compiles in seconds
-    config.model.backbone.vit_depth = 1
-    config.optim.sam = False
-    config.batch_size = config.eval_batch_size = 8
-    config.log_every_steps = 1
-    config.async_checkpoints = False
-    return config
-
-
 def test_run_names_and_overrides_carry_the_noise_kind_and_the_initialisation():
     specs = grid.noise_grid(
         rates=(0.0, 0.3),
